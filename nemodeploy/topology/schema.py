@@ -1,0 +1,140 @@
+"""The topology file: which machines, which model, which engine, what to serve.
+
+Every field forbids unknown keys so that a typo is an error with a location,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["bf16", "fp8", "nvfp4", "fp32"]
+KvCacheDtype = Literal["auto", "bf16", "fp8", "fp32"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SSH(Strict):
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    key: str | None = Field(None, description="Path of the private key; the SSH agent and ~/.ssh defaults otherwise")
+
+
+class Accelerators(Strict):
+    kind: str = Field(description="A hardware catalog kind: gb200, b200, h100-sxm, h200, gb10, mi300x, cpu, ...")
+    count: int = Field(1, ge=1, le=72)
+
+    @field_validator("kind")
+    @classmethod
+    def known_kind(cls, kind: str) -> str:
+        from nemodeploy.topology.catalog import ACCELERATORS
+
+        key = kind.lower()
+        if key not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator {kind!r}; known: {', '.join(sorted(ACCELERATORS))}")
+        return key
+
+
+class NIC(Strict):
+    name: str
+    mtu: int = Field(1500, ge=576, le=9216)
+    speed_gbps: float = Field(100, gt=0)
+    rdma: bool = False
+
+
+class Node(Strict):
+    name: str
+    address: str = Field(description="IP address or host name that the head and SSH reach this node on")
+    ssh: SSH = SSH()
+    accelerators: Accelerators
+    nics: list[NIC] = []
+    count: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Identical nodes described once (planning only; nodes to bring up are listed one by one)",
+    )
+
+
+class Interconnect(Strict):
+    inter_node: str | None = Field(None, description="A catalog network kind between nodes: roce-200g, ib-ndr-400g, ...")
+
+    @field_validator("inter_node")
+    @classmethod
+    def known_network(cls, kind: str | None) -> str | None:
+        from nemodeploy.topology.catalog import NETWORKS
+
+        if kind is None:
+            return None
+        key = kind.lower()
+        if key not in NETWORKS:
+            raise ValueError(f"unknown network {kind!r}; known: {', '.join(sorted(NETWORKS))}")
+        return key
+
+
+class ModelRef(Strict):
+    id: str | None = Field(None, description="Hugging Face id, or the name of a built-in spec")
+    path: str | None = Field(None, description="Local HF-format directory with config.json")
+    precision: Precision = "bf16"
+
+    @model_validator(mode="after")
+    def one_source(self) -> "ModelRef":
+        if not self.id and not self.path:
+            raise ValueError("give the model's id or path")
+        return self
+
+
+class ParallelOverrides(Strict):
+    tp_size: int | None = Field(None, ge=1)
+    ep_size: int | None = Field(None, ge=1)
+    pp_size: int | None = Field(None, ge=1)
+    dp_size: int | None = Field(None, ge=1)
+
+
+class Engine(Strict):
+    kind: Literal["embedded", "vllm"] = "embedded"
+    parallel: ParallelOverrides = ParallelOverrides()
+    memory_utilization: float = Field(0.90, gt=0.1, le=0.99, description="Share of device memory the engine may use")
+    port: int = Field(8000, ge=1, le=65535)
+    extra_args: dict[str, Any] = Field(default_factory=dict, description="Passed through to the engine unchanged")
+
+
+class Serving(Strict):
+    max_context: int = Field(131072, ge=16, le=1_048_576)
+    concurrency: int = Field(16, ge=1, le=65536)
+    kv_cache_dtype: KvCacheDtype = "auto"
+    speculative_tokens: int = Field(0, ge=0, le=16)
+    reasoning: Literal["on", "off"] = "on"
+    thinking_budget: int | None = Field(None, ge=1)
+    max_batched_tokens: int = Field(8192, ge=16)
+
+
+class Topology(Strict):
+    name: str
+    description: str = ""
+    nodes: list[Node] = Field(min_length=1)
+    interconnect: Interconnect = Interconnect()
+    model: ModelRef
+    engine: Engine = Engine()
+    serving: Serving = Serving()
+
+    @model_validator(mode="after")
+    def unique_nodes(self) -> "Topology":
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ValueError(f"node name {node.name!r} appears twice")
+            seen.add(node.name)
+        return self
+
+    @property
+    def node_count(self) -> int:
+        return sum(node.count for node in self.nodes)
+
+    @property
+    def accelerator_count(self) -> int:
+        return sum(node.count * node.accelerators.count for node in self.nodes)
