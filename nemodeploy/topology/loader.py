@@ -105,3 +105,14 @@ def load(name_or_path: str) -> Topology:
     except OSError as err:
         raise TopologyError(str(path), 1, 1, "", err.strerror or str(err)) from None
     return loads(text, str(path))
+
+
+def error_at(file: str, field: tuple, message: str) -> TopologyError:
+    """A located error for a field of a file that loaded fine but asks for something impossible."""
+    try:
+        root = yaml.compose(Path(file).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        root = None
+    node = _node_at(root, field) if root is not None else None
+    line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
+    return TopologyError(file, line, col, _field_path(field), message)

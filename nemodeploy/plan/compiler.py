@@ -1,0 +1,304 @@
+"""Topology + model -> serving plan.
+
+Search every valid layout (layout.py), budget each rank's memory (memory.py),
+estimate each (estimate.py), and keep the best: first the layouts that meet the
+serving target (concurrency at the target context), then the most capacity;
+among those, the highest estimated decode throughput. When nothing fits, the
+plan says why with the numbers and lists the nearest topologies that would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemodeploy.models.accounting import account, weight_bytes
+from nemodeploy.models.config import ConfigError, NemotronHConfig
+from nemodeploy.models.specs import resolve_model
+from nemodeploy.plan import layout as layouts
+from nemodeploy.plan.estimate import INTRA_NODE_LATENCY_S, Links, estimate
+from nemodeploy.plan.memory import Budget, budget, kv_heads_per_rank, layer_bytes, mamba_groups_per_rank
+from nemodeploy.plan.precision import DTYPE_BYTES, ComputePath, compute_path, kv_dtype
+from nemodeploy.plan.types import human_bytes
+from nemodeploy.plan.types import Alternative, ModelSummary, Parallel, Plan, PrecisionPath
+from nemodeploy.topology.catalog import ACCELERATORS, NETWORKS, Accelerator, Network
+from nemodeploy.topology.schema import Topology
+
+DEFAULT_INTER_NODE = "ethernet-100g"
+
+
+class PlanInputError(ValueError):
+    """The topology asks for something the model or cluster cannot do; `field` locates it in the YAML."""
+
+    def __init__(self, field: tuple[str | int, ...], message: str):
+        self.field = field
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    layout: layouts.Layout
+    stages: list
+    budget: Budget
+    decode_tokens_per_s: float
+
+    @property
+    def meets_target(self) -> bool:
+        cap = self.budget.capacity
+        return cap.sequences_at_target_context >= cap.target_concurrency
+
+    @property
+    def serves(self) -> bool:
+        return self.budget.cache.max_num_seqs >= 1
+
+
+def _hardware(topology: Topology) -> tuple[Accelerator, int]:
+    kinds = {node.accelerators.kind for node in topology.nodes}
+    if len(kinds) > 1:
+        raise PlanInputError(("nodes",), f"nodes mix accelerator kinds {sorted(kinds)}; plan one kind per topology")
+    per_node = {node.accelerators.count for node in topology.nodes}
+    if len(per_node) > 1:
+        raise PlanInputError(("nodes",), f"nodes differ in accelerator count {sorted(per_node)}; give every node the same")
+    return ACCELERATORS[kinds.pop()], per_node.pop()
+
+
+def _links(topology: Topology, accel: Accelerator, layout: layouts.Layout, per_node: int,
+           warnings: list[str]) -> Links:
+    inter: Network | None = NETWORKS.get(topology.interconnect.inter_node or "")
+    if inter is None and topology.node_count > 1:
+        nics = topology.nodes[0].nics
+        if nics:
+            bandwidth = max(nic.speed_gbps for nic in nics) * 1e9 / 8
+            latency = 5e-6 if any(nic.rdma for nic in nics) else 30e-6
+            warnings.append("interconnect.inter_node not given: the estimate uses the fastest NIC's speed")
+        else:
+            inter = NETWORKS[DEFAULT_INTER_NODE]
+            warnings.append(f"neither interconnect.inter_node nor NICs given: the estimate assumes {inter.name}")
+    if inter is not None:
+        bandwidth, latency = inter.bandwidth_bytes_s, inter.latency_s
+    elif topology.node_count == 1:
+        bandwidth, latency = accel.intra_node_bandwidth_bytes_s, INTRA_NODE_LATENCY_S
+    return Links(
+        intra_bytes_s=accel.intra_node_bandwidth_bytes_s,
+        intra_latency_s=INTRA_NODE_LATENCY_S,
+        inter_bytes_s=bandwidth,
+        inter_latency_s=latency,
+        tp_crosses_nodes=layout.tp > per_node,
+        ep_crosses_nodes=layout.ep > per_node,
+    )
+
+
+def _resolve(topology: Topology) -> tuple[str, str, NemotronHConfig]:
+    try:
+        resolved = resolve_model(topology.model.id, topology.model.path)
+    except ConfigError as err:
+        raise PlanInputError(("model", "path" if topology.model.path else "id"), str(err)) from None
+    return resolved.name, resolved.source, resolved.config
+
+
+def _fixed_sizes(topology: Topology) -> dict[str, int | None]:
+    return topology.engine.parallel.model_dump()
+
+
+def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], world: int, per_node: int) -> str:
+    """The rule that rejects the user's sizes, or the general reason when none were fixed."""
+    tp = fixed.get("tp_size") or 1
+    pp = fixed.get("pp_size") or 1
+    dp = fixed.get("dp_size") or max(world // (tp * pp), 1)
+    ep = fixed.get("ep_size") or 1
+    try:
+        layouts.check(config, layouts.Layout(tp, pp, dp, ep), world, per_node)
+    except layouts.LayoutError as err:
+        return str(err)
+    return f"no tp/pp/dp/ep combination with {fixed} uses the {world} GPUs"
+
+
+def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
+    name, source, config = _resolve(topology)
+    accel, per_node = _hardware(topology)
+    world = topology.accelerator_count
+    serving = topology.serving
+    warnings: list[str] = []
+
+    path = compute_path(topology.model.precision, accel)
+    kv = kv_dtype(serving.kv_cache_dtype, accel)
+    act_dtype = "fp32" if topology.model.precision == "fp32" else "bf16"
+    with_mtp = serving.speculative_tokens > 0
+    if with_mtp and not config.num_nextn_predict_layers:
+        raise PlanInputError(("serving", "speculative_tokens"), f"{name} has no MTP layer to draft speculative tokens with")
+    acct = account(config)
+    weights = weight_bytes(config, topology.model.precision)
+    total_weight_bytes = weights.total_bytes + (weights.mtp_bytes if with_mtp else 0)
+    summary = ModelSummary(
+        name=name, source=source, model_type=config.model_type, precision=topology.model.precision,
+        total_params=acct.total_params, active_params=acct.active_params, mtp_params=acct.mtp_params,
+        mtp_loaded=with_mtp, weight_bytes=total_weight_bytes, routed_expert_bytes=weights.routed_expert_bytes,
+        kv_bytes_per_token=_kv_per_token(config, kv), mamba_state_bytes_per_sequence=_mamba_per_seq(config, act_dtype),
+    )
+    precision = PrecisionPath(weights=path.weights, compute=path.compute, kv_cache_dtype=kv,
+                              mamba_ssm_dtype=config.mamba_ssm_cache_dtype)
+    plan_base = dict(
+        topology=topology.name, accelerator=accel.kind, accelerator_count=world, node_count=topology.node_count,
+        engine=topology.engine.kind, model=summary, precision=precision,
+    )
+    if serving.max_context > config.max_position_embeddings and config.model_type != "nemotron_h":
+        warnings.append(f"max_context {serving.max_context} exceeds the model's {config.max_position_embeddings} positions")
+
+    if not path.supported:
+        alternatives = _alternatives(topology, accel, per_node) if with_alternatives else []
+        return Plan(**plan_base, verdict="infeasible", reason=path.reason, parallel=None, stages=[], ranks=[],
+                    memory=None, capacity=None, cache=None, estimate=None, warnings=warnings, alternatives=alternatives)
+
+    fixed = _fixed_sizes(topology)
+    found = layouts.candidates(config, world, per_node, fixed, data_parallel_experts=topology.engine.kind == "vllm")
+    if not found:
+        field = next((("engine", "parallel", k) for k, v in fixed.items() if v is not None), ("nodes",))
+        raise PlanInputError(field, _explain_no_layout(config, fixed, world, per_node))
+
+    lb = layer_bytes(config, topology.model.precision)
+    evaluated = []
+    for layout in found:
+        stages = layouts.split_stages(config, layout.pp, with_mtp)
+        b = budget(
+            config=config, layout=layout, stages=stages, lb=lb, capacity_bytes=accel.memory_bytes,
+            utilization=topology.engine.memory_utilization, on_gpu=accel.arch != "cpu", kv_dtype=kv,
+            act_dtype=act_dtype, target_context=serving.max_context, target_concurrency=serving.concurrency,
+            max_batched_tokens=serving.max_batched_tokens, spec_tokens=serving.speculative_tokens,
+        )
+        speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, [], serving)
+        evaluated.append(_Candidate(layout, stages, b, speed.decode_tokens_per_s_total))
+
+    best = max(evaluated, key=_preference)
+    layout, b = best.layout, best.budget
+    mem, cap = b.memory, b.capacity
+    total_usable = mem.usable * world
+    if not best.serves:
+        verdict = "infeasible"
+        reason = (
+            f"{human_bytes(total_weight_bytes)} of {path.weights} weights do not fit in {world} x {accel.name} "
+            f"({human_bytes(mem.capacity * world)}, {human_bytes(total_usable)} usable): even the best layout "
+            f"(tp {layout.tp}, pp {layout.pp}, ep {layout.ep}) needs {human_bytes(mem.weights)} of weights plus "
+            f"{human_bytes((mem.activations + mem.cuda_graphs))} of activations on a {human_bytes(mem.usable)} budget per device"
+        )
+    elif best.meets_target:
+        verdict = "fits"
+        reason = (
+            f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name}: "
+            f"{human_bytes(mem.weights)} of {human_bytes(mem.usable)} per device; holds {cap.sequences_at_target_context} "
+            f"sequences of {serving.max_context:,} tokens (target {serving.concurrency})"
+        )
+    else:
+        verdict = "tight"
+        reason = (
+            f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name} leave "
+            f"{human_bytes((mem.usable - mem.weights - mem.activations - mem.cuda_graphs))} per GPU for caches: "
+            f"{cap.sequences_at_target_context} sequences of {serving.max_context:,} tokens (target {serving.concurrency}); "
+            f"{serving.concurrency} sequences get {cap.context_at_target_concurrency:,} tokens each"
+        )
+    warnings += _layout_warnings(config, layout, per_node, topology)
+    links_warnings: list[str] = []
+    speed = _estimate(config, layout, best.stages, lb, accel, path, topology, per_node, b, act_dtype, links_warnings, serving) if best.serves else None
+    warnings += links_warnings
+    alternatives = _alternatives(topology, accel, per_node) if with_alternatives and verdict == "infeasible" else []
+    return Plan(
+        **plan_base, verdict=verdict, reason=reason,
+        parallel=Parallel(
+            tp_size=layout.tp, pp_size=layout.pp, dp_size=layout.dp, ep_size=layout.ep, world_size=world,
+            gpus_per_replica=layout.replica_size, kv_heads_per_rank=kv_heads_per_rank(config, layout.tp),
+            kv_head_replication=max(layout.tp // config.num_key_value_heads, 1),
+            mamba_heads_per_rank=config.mamba_num_heads // layout.tp if config.mamba_num_heads else 0,
+            mamba_groups_per_rank=mamba_groups_per_rank(config, layout.tp),
+            experts_per_rank=config.n_routed_experts // (layout.ep if layout.ep > 1 else 1),
+        ),
+        stages=best.stages, ranks=layouts.place_ranks(topology, layout), memory=mem, capacity=cap,
+        cache=b.cache if best.serves else None, estimate=speed, warnings=warnings, alternatives=alternatives,
+    )
+
+
+def _preference(c: _Candidate) -> tuple:
+    """Serving beats not serving; meeting the target beats capacity; then speed, then fewer stages.
+
+    Among layouts that cannot serve, the one needing the least memory per GPU is shown.
+    """
+    cap = c.budget.capacity
+    if not c.serves:
+        return (False, False, -c.budget.memory.weights, 0, 0, 0)
+    merit = c.decode_tokens_per_s if c.meets_target else cap.sequences_at_target_context
+    return (True, c.meets_target, merit, cap.context_at_target_concurrency, -c.layout.pp, -c.layout.tp)
+
+
+def _estimate(config, layout, stages, lb, accel, path: ComputePath, topology: Topology, per_node: int, b: Budget,
+              act_dtype: str, warnings: list[str], serving):
+    batch = max(b.cache.max_num_seqs, 1)
+    return estimate(
+        config=config, layout=layout, stages=stages, lb=lb, accel=accel, path=path,
+        links=_links(topology, accel, layout, per_node, warnings), batch=batch,
+        context=min(serving.max_context, b.cache.max_model_len) or serving.max_context,
+        kv_tok=b.capacity.kv_bytes_per_token_per_rank, mamba_seq=b.capacity.mamba_state_bytes_per_sequence_per_rank,
+        act_dtype=act_dtype, spec_tokens=serving.speculative_tokens,
+        prefill_chunk=min(serving.max_batched_tokens, serving.max_context),
+    )
+
+
+def _kv_per_token(config: NemotronHConfig, kv: str) -> int:
+    from nemodeploy.models.accounting import kv_bytes_per_token
+
+    return kv_bytes_per_token(config, DTYPE_BYTES[kv])
+
+
+def _mamba_per_seq(config: NemotronHConfig, act_dtype: str) -> int:
+    from nemodeploy.models.accounting import mamba_state_bytes_per_sequence
+
+    ssm = DTYPE_BYTES["fp32" if config.mamba_ssm_cache_dtype == "float32" else "bf16"]
+    return mamba_state_bytes_per_sequence(config, ssm_dtype_bytes=ssm, conv_dtype_bytes=DTYPE_BYTES[act_dtype])
+
+
+def _layout_warnings(config: NemotronHConfig, layout: layouts.Layout, per_node: int, topology: Topology) -> list[str]:
+    out = []
+    if config.num_key_value_heads and layout.tp > config.num_key_value_heads:
+        out.append(
+            f"tp_size {layout.tp} exceeds the {config.num_key_value_heads} KV heads: each KV head is stored "
+            f"{layout.tp // config.num_key_value_heads} times across the tp group"
+        )
+    if layout.tp > per_node:
+        out.append(f"tp_size {layout.tp} spans nodes: every layer's all-reduce crosses the network")
+    if topology.node_count > 1:
+        for node in topology.nodes:
+            for nic in node.nics:
+                if nic.rdma and nic.mtu < 9000:
+                    out.append(f"{node.name}/{nic.name}: RDMA NIC at MTU {nic.mtu}; RoCE wants 9000 on every port of the path")
+    return out
+
+
+def _alternatives(topology: Topology, accel: Accelerator, per_node: int) -> list[Alternative]:
+    """The nearest topologies that would serve: another precision here, or more nodes of this kind."""
+    out: list[Alternative] = []
+    current = topology.model.precision
+    for precision in ("nvfp4", "fp8", "bf16"):
+        if precision == current or not compute_path(precision, accel).supported:
+            continue
+        changed = topology.model_copy(update={"model": topology.model.model_copy(update={"precision": precision})})
+        alt = _try(changed, f"use the {precision.upper()} checkpoint ({compute_path(precision, accel).compute})")
+        if alt and alt.verdict != "infeasible":
+            out.append(alt)
+    if compute_path(current, accel).supported:
+        last = topology.nodes[-1]
+        for extra in range(1, 4 * max(topology.node_count, 1) + 1):
+            grown = topology.model_copy(update={"nodes": [*topology.nodes, last.model_copy(update={"name": f"{last.name}+", "count": extra})]})
+            gpus = grown.accelerator_count
+            alt = _try(grown, f"use {gpus} GPUs ({grown.node_count} nodes of {per_node} x {accel.name})")
+            if alt and alt.verdict != "infeasible":
+                out.append(alt)
+                break
+    return out
+
+
+def _try(topology: Topology, change: str) -> Alternative | None:
+    try:
+        plan = compile_plan(topology, with_alternatives=False)
+    except PlanInputError:
+        return None
+    mem = plan.memory
+    return Alternative(
+        change=change, accelerators=plan.accelerator, count=plan.accelerator_count, precision=plan.model.precision,
+        verdict=plan.verdict, weights_per_gpu=mem.weights if mem else 0, usable_per_gpu=mem.usable if mem else 0,
+    )
