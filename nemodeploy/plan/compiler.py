@@ -73,17 +73,20 @@ def _links(topology: Topology, accel: Accelerator, layout: layouts.Layout, per_n
         else:
             inter = NETWORKS[DEFAULT_INTER_NODE]
             warnings.append(f"neither interconnect.inter_node nor NICs given: the estimate assumes {inter.name}")
+    # devices of a node without a peer link (CPU processes, one-GPU nodes) exchange through host memory
+    intra = accel.intra_node_bandwidth_bytes_s or accel.memory_bandwidth_bytes_s
     if inter is not None:
         bandwidth, latency = inter.bandwidth_bytes_s, inter.latency_s
     elif topology.node_count == 1:
-        bandwidth, latency = accel.intra_node_bandwidth_bytes_s, INTRA_NODE_LATENCY_S
+        bandwidth, latency = intra, INTRA_NODE_LATENCY_S
     return Links(
-        intra_bytes_s=accel.intra_node_bandwidth_bytes_s,
+        intra_bytes_s=intra,
         intra_latency_s=INTRA_NODE_LATENCY_S,
         inter_bytes_s=bandwidth,
         inter_latency_s=latency,
         tp_crosses_nodes=layout.tp > per_node,
         ep_crosses_nodes=layout.ep > per_node,
+        pp_crosses_nodes=layout.replica_size > per_node,
     )
 
 
@@ -106,7 +109,8 @@ def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], wo
     dp = fixed.get("dp_size") or max(world // (tp * pp), 1)
     ep = fixed.get("ep_size") or 1
     try:
-        layouts.check(config, layouts.Layout(tp, pp, dp, ep), world, per_node)
+        partial = all(fixed.get(k) for k in ("tp_size", "pp_size", "dp_size"))
+        layouts.check(config, layouts.Layout(tp, pp, dp, ep), world, per_node, partial=partial)
     except layouts.LayoutError as err:
         return str(err)
     return f"no tp/pp/dp/ep combination with {fixed} uses the {world} GPUs"
@@ -195,6 +199,9 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
             f"{serving.concurrency} sequences get {cap.context_at_target_concurrency:,} tokens each"
         )
     warnings += _layout_warnings(config, layout, per_node, topology)
+    used = layout.replica_size * layout.dp
+    if used < world:
+        warnings.append(f"the fixed parallel sizes use {used} of the {world} devices (the first in node order)")
     links_warnings: list[str] = []
     speed = _estimate(config, layout, best.stages, lb, accel, path, topology, per_node, b, act_dtype, links_warnings, serving) if best.serves else None
     warnings += links_warnings
@@ -202,7 +209,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
     return Plan(
         **plan_base, verdict=verdict, reason=reason,
         parallel=Parallel(
-            tp_size=layout.tp, pp_size=layout.pp, dp_size=layout.dp, ep_size=layout.ep, world_size=world,
+            tp_size=layout.tp, pp_size=layout.pp, dp_size=layout.dp, ep_size=layout.ep, world_size=used,
             gpus_per_replica=layout.replica_size, kv_heads_per_rank=kv_heads_per_rank(config, layout.tp),
             kv_head_replication=max(layout.tp // config.num_key_value_heads, 1),
             mamba_heads_per_rank=config.mamba_num_heads // layout.tp if config.mamba_num_heads else 0,

@@ -35,6 +35,7 @@ class Links:
     inter_latency_s: float
     tp_crosses_nodes: bool
     ep_crosses_nodes: bool
+    pp_crosses_nodes: bool
 
 
 def expected_experts_touched(experts: int, top_k: int, tokens: int) -> float:
@@ -92,7 +93,9 @@ def estimate(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb
     def pp_hop(tokens: int) -> float:
         if layout.pp == 1:
             return 0.0
-        return tokens * config.hidden_size * act_bytes / (links.inter_bytes_s * LINK_EFFICIENCY) + links.inter_latency_s
+        bandwidth, latency = ((links.inter_bytes_s, links.inter_latency_s) if links.pp_crosses_nodes
+                              else (links.intra_bytes_s, links.intra_latency_s))
+        return tokens * config.hidden_size * act_bytes / (bandwidth * LINK_EFFICIENCY) + latency
 
     def decode_step(tokens: int) -> tuple[float, str, float, float, float]:
         parts = [

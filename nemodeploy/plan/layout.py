@@ -41,13 +41,18 @@ def _divides_or_replicates(count: int, tp: int) -> bool:
     return count % tp == 0 or tp % count == 0
 
 
-def check(config: NemotronHConfig, layout: Layout, world: int, gpus_per_node: int) -> None:
-    """Raise LayoutError naming the first rule the layout breaks."""
+def check(config: NemotronHConfig, layout: Layout, world: int, gpus_per_node: int, partial: bool = False) -> None:
+    """Raise LayoutError naming the first rule the layout breaks.
+
+    `partial` lets a layout the user fixed completely use fewer GPUs than the topology has
+    (the first ranks in placement order); searched layouts always use every GPU.
+    """
     tp, pp, dp, ep = layout.tp, layout.pp, layout.dp, layout.ep
     if min(tp, pp, dp, ep) < 1:
         raise LayoutError("parallel sizes must be at least 1")
-    if tp * pp * dp != world:
-        raise LayoutError(f"tp x pp x dp = {tp}x{pp}x{dp} = {tp * pp * dp}, but the topology has {world} GPUs")
+    used = tp * pp * dp
+    if used > world or (used < world and not partial):
+        raise LayoutError(f"tp x pp x dp = {tp}x{pp}x{dp} = {used}, but the topology has {world} GPUs")
     if config.count(ATTENTION) and config.num_attention_heads % tp:
         raise LayoutError(f"tp_size {tp} does not divide the {config.num_attention_heads} attention heads")
     if config.count(ATTENTION) and not _divides_or_replicates(config.num_key_value_heads, tp):
@@ -82,6 +87,15 @@ def candidates(config: NemotronHConfig, world: int, gpus_per_node: int, fixed: d
     expert-parallel MoE); the embedded engine partitions experts within its tp group only.
     """
     out: list[Layout] = []
+    sizes = (fixed.get("tp_size"), fixed.get("pp_size"), fixed.get("dp_size"))
+    if all(sizes) and sizes[0] * sizes[1] * sizes[2] < world:
+        tp, pp, dp = sizes
+        layout = Layout(tp, pp, dp, fixed.get("ep_size") or tp)
+        try:
+            check(config, layout, world, gpus_per_node, partial=True)
+        except LayoutError:
+            return []
+        return [layout]
     divisors = [d for d in range(1, world + 1) if world % d == 0]
     for tp in divisors:
         if fixed.get("tp_size") not in (None, tp):
@@ -143,7 +157,7 @@ def place_ranks(topology: Topology, layout: Layout) -> list[Rank]:
             name = node.name if node.count == 1 else f"{node.name}-{copy}"
             slots += [(name, node.address, device) for device in range(node.accelerators.count)]
     ranks = []
-    for rank, (node, address, device) in enumerate(slots):
+    for rank, (node, address, device) in enumerate(slots[: layout.replica_size * layout.dp]):
         tp_rank = rank % layout.tp
         pp_rank = (rank // layout.tp) % layout.pp
         dp_rank = rank // layout.replica_size

@@ -7,6 +7,7 @@ node tree to find where in the file the offending value sits.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import yaml
@@ -67,6 +68,11 @@ def _key_at(root: yaml.Node, loc: tuple) -> yaml.Node | None:
     return None
 
 
+def _clean(loc: tuple) -> tuple:
+    """Drop pydantic's validator markers from an error location."""
+    return tuple(part for part in loc if not (isinstance(part, str) and part.startswith("function-")))
+
+
 def _field_path(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -87,12 +93,16 @@ def loads(text: str, file: str = "<string>") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+        errors = [dict(e, loc=_clean(e["loc"])) for e in err.errors()]
+        # a typo shows up twice: as an unknown key and as a missing one; the unknown key is the cause
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = first["loc"]
         node = (_key_at(root, loc) if first["type"] == "extra_forbidden" else None) or _node_at(root, loc)
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            message = "unknown field"
+            missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == loc[:-1]]
+            close = difflib.get_close_matches(str(loc[-1]), [str(m) for m in missing], n=1)
+            message = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
         raise TopologyError(
             file, node.start_mark.line + 1, node.start_mark.column + 1, _field_path(loc), message
         ) from None

@@ -35,13 +35,13 @@ def test_every_network_names_its_source(kind):
 
 
 def test_the_vendor_figures_planning_depends_on():
-    assert accelerator("h100").memory_bytes == 80e9 and not accelerator("h100").native_fp4
-    assert accelerator("h200").memory_bytes == 141e9
-    assert accelerator("b200").memory_bytes * 8 == 1440e9
-    assert accelerator("mi300x").memory_bytes == 192e9 and not accelerator("mi300x").native_fp4
+    assert accelerator("h100").memory_bytes == 80 * 2**30 and not accelerator("h100").native_fp4
+    assert accelerator("h200").memory_bytes == 141 * 2**30
+    assert accelerator("b200").memory_bytes * 8 == 1440 * 2**30
+    assert accelerator("mi300x").memory_bytes == 192 * 2**30 and not accelerator("mi300x").native_fp4
     assert not accelerator("a100-80gb").native_fp8
     spark = accelerator("gb10")
-    assert spark.unified_memory and spark.memory_bytes == 128e9 and spark.memory_bandwidth_bytes_s == 273e9
+    assert spark.unified_memory and spark.memory_bytes == 128 * 2**30 and spark.memory_bandwidth_bytes_s == 273e9
     assert network("roce-200g").bandwidth_bytes_s == 25e9  # 200 Gb/s
 
 
