@@ -35,6 +35,7 @@ Weight bytes by precision (what each checkpoint stores):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -244,6 +245,7 @@ class ModelAccount:
         return self.total_params - self.moe_routed_experts
 
 
+@functools.lru_cache(maxsize=32)
 def account(c: NemotronHConfig) -> ModelAccount:
     backbone = backbone_weights(c)
     mtp = mtp_weights(c)
@@ -285,6 +287,7 @@ class WeightBytes:
     per_layer: dict[str, int]  # layer kind present in the backbone -> bytes of one layer, its pre-norm included
 
 
+@functools.lru_cache(maxsize=32)
 def weight_bytes(c: NemotronHConfig, precision: str) -> WeightBytes:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")

@@ -48,6 +48,10 @@ def parse_layer_pattern(value: str | list[str], field_name: str) -> list[str]:
     return kinds
 
 
+def _token_ids(value: Any) -> int | tuple[int, ...] | None:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _float(value: Any) -> float:
     """transformers writes infinity as {"__float__": "Infinity"}."""
     if isinstance(value, dict) and "__float__" in value:
@@ -107,7 +111,7 @@ class NemotronHConfig:
     residual_in_fp32: bool = False
     max_position_embeddings: int = 4096
     bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
+    eos_token_id: int | tuple[int, ...] | None = 2  # a tuple keeps the config hashable (accounting caches on it)
     pad_token_id: int | None = 0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -223,7 +227,7 @@ class NemotronHConfig:
             residual_in_fp32=cfg.get("residual_in_fp32", False),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             bos_token_id=cfg.get("bos_token_id", 1),
-            eos_token_id=cfg.get("eos_token_id", 2),
+            eos_token_id=_token_ids(cfg.get("eos_token_id", 2)),
             pad_token_id=cfg.get("pad_token_id", 0),
             raw=cfg,
         )

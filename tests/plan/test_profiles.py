@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -127,8 +128,7 @@ def test_plan_json_is_the_documented_structure():
         "model", "precision", "parallel", "stages", "ranks", "memory", "capacity", "cache", "estimate", "warnings",
         "alternatives",
     }
-    with open("docs/plan-json.md") as doc:
-        documented = doc.read()
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "plan-json.md").read_text()
     for section in ("model", "precision", "parallel", "stages", "ranks", "memory", "capacity", "cache", "estimate"):
         for field in plan[section][0] if isinstance(plan[section], list) else plan[section]:
             assert f"`{field}`" in documented, f"{section}.{field} is not documented in docs/plan-json.md"
