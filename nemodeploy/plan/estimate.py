@@ -57,7 +57,9 @@ def _stage_step(*, config: NemotronHConfig, stage: Stage, layout: Layout, lb: La
     """(seconds, bound, bytes, flops, comm bytes) of one forward of `tokens` tokens on one rank of a stage."""
     weights = stage_weight_bytes(lb, stage, config, layout)
     routed = stage.moe_layers * lb.moe_experts / expert_shards(layout)
-    touched = expected_experts_touched(config.n_routed_experts, config.num_experts_per_tok, tokens)
+    # with data-parallel attention (ep > tp) a rank's experts serve the tokens of every replica in the ep group
+    expert_tokens = tokens * max(layout.ep // layout.tp, 1)
+    touched = expected_experts_touched(config.n_routed_experts, config.num_experts_per_tok, expert_tokens)
     share = touched / config.n_routed_experts if config.n_routed_experts else 0.0
     nbytes = weights - routed + routed * share + seqs * context * kv_tok + 2 * seqs * mamba_seq
     layers_share = (stage.layers[1] - stage.layers[0]) / config.num_layers
