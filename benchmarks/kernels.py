@@ -1,0 +1,448 @@
+"""Kernel benchmark: nemodeploy's Triton kernels at Nemotron 3 Ultra widths on one GPU.
+
+Every kernel is timed against (1) its PyTorch reference in ``kernels/torch_ops.py``, (2) the best
+public kernel: vLLM's Triton SSD and selective-state-update kernels, ``torch._grouped_mm`` for the
+expert GEMMs, and (3) the roofline: achieved GB/s and TFLOP/s as a fraction of the copy bandwidth
+and bf16 matmul peak measured in the same run. Times are medians of CUDA-graph replays; each graph
+cycles through enough input copies that the working set exceeds L2.
+
+    python benchmarks/kernels.py --setup    # once, where PyPI is reachable: vendors vLLM's files
+    python benchmarks/kernels.py            # on the GPU: prints the table
+
+``--setup`` takes only the Triton files of ``vllm/model_executor/layers/mamba/ops`` from the
+vllm wheel (``pip download vllm --no-deps``) and einops into benchmarks/.vendor/ (git-ignored;
+carry it to a GPU machine without network), with small stand-ins for the few ``vllm`` modules
+those files import, so none of vLLM's C++ extension is needed.
+"""
+
+import argparse
+import glob
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+VENDOR = ROOT / ".vendor"
+VLLM_VERSION = "0.33.0"
+VLLM_OPS = "vllm/model_executor/layers/mamba/ops/"
+
+# Ultra's widths
+HIDDEN, LATENT, FFN, EXPERTS, TOP_K, SCALING = 8192, 2048, 5120, 512, 22, 5.0
+HEADS, HEAD_DIM, GROUPS, STATE, CHUNK = 256, 64, 8, 128, 128
+CONV_CHANNELS = HEADS * HEAD_DIM + 2 * GROUPS * STATE  # 18432
+DT_LIMIT = (0.0, float("inf"))
+L2_FLUSH_BYTES = 256 << 20
+
+
+# ---------------------------------------------------------------- vendoring (--setup)
+
+# Stand-ins for the vllm modules the ops files import: each holds just what those files use.
+SHIMS = {
+    "vllm/__init__.py": "",
+    "vllm/_custom_ops.py": "",
+    "vllm/envs.py": "VLLM_TUNED_CONFIG_FOLDER = None\n",
+    "vllm/triton_utils/__init__.py": "import triton\nimport triton.language as tl\n\nHAS_TRITON = True\n",
+    "vllm/logger.py": "import logging\n\n\ndef init_logger(name):\n    return logging.getLogger(name)\n",
+    "vllm/utils/__init__.py": "",
+    "vllm/utils/platform_utils.py": (
+        "import torch\n\n\ndef get_device_name_as_file_name():\n"
+        "    return torch.cuda.get_device_name().replace(' ', '_')\n"
+    ),
+    "vllm/platforms/__init__.py": (
+        "import torch\n\n\nclass _Platform:\n"
+        "    def is_cuda(self):\n        return torch.cuda.is_available()\n\n"
+        "    def is_cpu(self):\n        return not torch.cuda.is_available()\n\n"
+        "    def is_rocm(self):\n        return False\n\n"
+        "    def is_xpu(self):\n        return False\n\n"
+        "    def is_device_capability(self, capability):\n"
+        "        return torch.cuda.get_device_capability() == tuple(divmod(int(capability), 10))\n\n"
+        "    def has_device_capability(self, capability):\n"
+        "        return torch.cuda.get_device_capability() >= tuple(divmod(int(capability), 10))\n\n\n"
+        "current_platform = _Platform()\n"
+    ),
+    "vllm/v1/__init__.py": "",
+    "vllm/v1/attention/__init__.py": "",
+    "vllm/v1/attention/backends/__init__.py": "",
+    "vllm/v1/attention/backends/utils.py": "NULL_BLOCK_ID = 0\nPAD_SLOT_ID = -1\n",
+    "vllm/model_executor/__init__.py": "",
+    "vllm/model_executor/layers/__init__.py": "",
+    "vllm/model_executor/layers/mamba/__init__.py": "",
+}
+
+
+def _pip_download(requirement: str, into: str) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "download", requirement, "--no-deps", "-d", into], check=True)
+    return Path(glob.glob(f"{into}/*.whl")[0])
+
+
+def setup_vendor(version: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(_pip_download(f"vllm=={version}", f"{tmp}/vllm")) as wheel:
+            names = [n for n in wheel.namelist()
+                     if n.startswith(VLLM_OPS) and (n.endswith(".py") or n.endswith(".json"))]
+            wheel.extractall(VENDOR, members=names)
+        with zipfile.ZipFile(_pip_download("einops", f"{tmp}/einops")) as wheel:
+            wheel.extractall(VENDOR, members=[n for n in wheel.namelist() if n.startswith("einops/")])
+    for path, text in SHIMS.items():
+        target = VENDOR / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    (VENDOR / "VERSION").write_text(f"vllm=={version}\n")
+    print(f"vendored {len(names)} files of vllm {version} into {VENDOR}")
+
+
+def load_vllm() -> tuple[object | None, str]:
+    """(module namespace with selective_state_update and mamba_chunk_scan_combined_varlen, note)."""
+    if not (VENDOR / "VERSION").exists():
+        return None, "not vendored: run --setup"
+    sys.path.insert(0, str(VENDOR))
+    try:
+        from vllm.model_executor.layers.mamba.ops import mamba_ssm, ssd_combined
+    except Exception as exc:  # report the baseline as missing, keep the rest of the table
+        return None, f"import failed: {exc!r}"[:120]
+    ns = argparse.Namespace(selective_state_update=mamba_ssm.selective_state_update,
+                            chunk_scan=ssd_combined.mamba_chunk_scan_combined_varlen)
+    return ns, (VENDOR / "VERSION").read_text().strip()
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _graph_time_us(make_call: Callable[[int], Callable[[], object]], copies: int, iters: int) -> float:
+    """Median per-call time of a CUDA graph that runs make_call(i)() for every copy i."""
+    calls = [make_call(i) for i in range(copies)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls * 2:  # warm up: compile, autotune, allocate
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / copies)
+    return statistics.median(times)
+
+
+def _eager_time_us(call: Callable[[], object], iters: int) -> float:
+    call()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000)
+    return statistics.median(times)
+
+
+def time_us(make_call: Callable[[int], Callable[[], object]], bytes_per_call: float, iters: int = 20) -> tuple[float, str]:
+    """CUDA-graph median; falls back to eager timing for host-syncing references (marked '*')."""
+    copies = max(1, min(8, math.ceil(L2_FLUSH_BYTES / max(bytes_per_call, 1))))
+    try:
+        return _graph_time_us(make_call, copies, iters), ""
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return _eager_time_us(make_call(0), max(3, iters // 4)), "*"
+
+
+def measure_peaks() -> tuple[float, float]:
+    """(copy GB/s counting read + write, bf16 dense matmul TFLOP/s) on this GPU, now."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_us, _ = time_us(lambda i: lambda: dst.copy_(src), 2 << 30)
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    mm_us, _ = time_us(lambda i: lambda: a @ b, 0)
+    return (2 << 30) / copy_us / 1e3, 2 * n**3 / mm_us / 1e6
+
+
+# ---------------------------------------------------------------- cases
+
+
+@dataclass
+class Row:
+    kernel: str
+    shape: str
+    ours: Callable[[int], Callable[[], object]]
+    bytes: float  # bytes the kernel must move (roofline numerator)
+    flops: float = 0.0
+    reference: Callable[[int], Callable[[], object]] | None = None
+    baseline: tuple[str, Callable[[int], Callable[[], object]]] | None = None
+    # (goal, text): goal > 0 is a speed-up over the baseline; goal < 0 asks for at least -goal
+    # of the measured copy bandwidth
+    target: tuple[float, str] | None = None
+
+
+def _bf16(*shape, scale=1.0):
+    return (torch.randn(*shape, device="cuda") * scale).to(torch.bfloat16)
+
+
+class Experts:
+    """All 512 experts of one LatentMoE layer at Ultra's widths, bf16 and NVFP4 (random codes)."""
+
+    def __init__(self):
+        from nemodeploy.engine.kernels.nvfp4 import NVFP4Weight
+
+        self.w_up = _bf16(EXPERTS, FFN, LATENT, scale=LATENT**-0.5)
+        self.w_down = _bf16(EXPERTS, LATENT, FFN, scale=FFN**-0.5)
+
+        def nvfp4(n, k):
+            packed = torch.randint(0, 256, (EXPERTS, n, k // 2), dtype=torch.uint8, device="cuda")
+            scales = (torch.rand(EXPERTS, n, k // 16, device="cuda") + 0.5).to(torch.float8_e4m3fn).view(torch.uint8)
+            return NVFP4Weight(packed, scales, torch.full((EXPERTS,), k**-0.5 / 3, device="cuda"))
+
+        self.q_up, self.q_down = nvfp4(FFN, LATENT), nvfp4(LATENT, FFN)
+
+
+def _routing(tokens):
+    from nemodeploy.engine.kernels import triton_moe
+
+    logits = torch.randn(tokens, EXPERTS, device="cuda")
+    bias = torch.randn(EXPERTS, device="cuda") * 0.01
+    weights, ids = triton_moe.moe_route(logits, bias, TOP_K, 1, 1, True, SCALING)
+    return logits, bias, weights, ids
+
+
+def _grouped_mm_call(x, ids, w_up, w_down):
+    """torch._grouped_mm on tokens already sorted by expert: both GEMMs + relu2, no routing."""
+    flat = ids.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    x_sorted = x[order // TOP_K].contiguous()
+    offs = torch.bincount(flat, minlength=EXPERTS).cumsum(0).to(torch.int32)
+
+    def call():
+        h = torch._grouped_mm(x_sorted, w_up.transpose(1, 2), offs=offs)
+        h = torch.relu(h).square()
+        return torch._grouped_mm(h, w_down.transpose(1, 2), offs=offs)
+
+    return call
+
+
+def moe_rows(experts: Experts) -> list[Row]:
+    from nemodeploy.engine.kernels import torch_ops, triton_moe, triton_nvfp4
+
+    rows = []
+    for tokens in (1, 16, 64, 8192):
+        logits, bias, weights, ids = _routing(tokens)
+        rows.append(Row(
+            "moe_route", f"T={tokens} top{TOP_K}/{EXPERTS}",
+            lambda i, a=(logits, bias): lambda: triton_moe.moe_route(*a, TOP_K, 1, 1, True, SCALING),
+            bytes=logits.numel() * 4,
+            reference=lambda i, a=(logits, bias): lambda: torch_ops.moe_route(*a, TOP_K, 1, 1, True, SCALING),
+        ))
+    for tokens in (1, 16, 64, 8192):
+        x = _bf16(tokens, LATENT)
+        logits, bias, weights, ids = _routing(tokens)
+        active = ids.unique().numel()
+        flops = 2 * 2 * tokens * TOP_K * LATENT * FFN
+        decode = tokens <= 64
+        pairs = tokens * TOP_K
+
+        def ours(i, x=x, logits=logits, bias=bias):
+            def call():
+                w, e = triton_moe.moe_route(logits, bias, TOP_K, 1, 1, True, SCALING)
+                return triton_moe.routed_experts(x, experts.w_up, experts.w_down, w, e, 0)
+            return call
+
+        rows.append(Row(
+            "latent_moe bf16 (+routing)", f"T={tokens}", ours,
+            bytes=active * 2 * FFN * LATENT * 2 + pairs * (LATENT + FFN) * 2 * 2, flops=flops,
+            reference=(lambda i, a=(x, weights, ids): lambda: torch_ops.routed_experts(
+                a[0], experts.w_up, experts.w_down, a[1], a[2], 0)) if tokens <= 64 else None,
+            baseline=("torch._grouped_mm", lambda i, a=(x, ids): _grouped_mm_call(a[0], a[1], experts.w_up, experts.w_down)),
+            target=(1.0, ">=1.0x grouped_mm") if decode else (1.15, ">=1.15x grouped_mm"),
+        ))
+        if decode:
+            rows.append(Row(
+                "latent_moe nvfp4 w4a16 (+routing)", f"T={tokens}",
+                lambda i, a=(x, logits, bias): lambda: triton_nvfp4.routed_experts_nvfp4(
+                    a[0], experts.q_up, experts.q_down,
+                    *triton_moe.moe_route(a[1], a[2], TOP_K, 1, 1, True, SCALING), 0),
+                bytes=active * 2 * FFN * LATENT * 4.5 / 8, flops=flops,
+                baseline=("torch._grouped_mm bf16", lambda i, a=(x, ids): _grouped_mm_call(a[0], a[1], experts.w_up, experts.w_down)),
+                target=(-0.8, ">=80% copy GB/s"),
+            ))
+    return rows
+
+
+def _ssm_step(batch):
+    return dict(
+        x=_bf16(batch, 1, HEADS, HEAD_DIM), dt=_bf16(batch, 1, HEADS, scale=0.5),
+        B=_bf16(batch, 1, GROUPS, STATE), C=_bf16(batch, 1, GROUPS, STATE),
+    )
+
+
+def mamba_rows(vllm) -> list[Row]:
+    from nemodeploy.engine.kernels import torch_ops, triton_mamba
+
+    A = -torch.rand(HEADS, device="cuda") - 0.5
+    D = torch.randn(HEADS, device="cuda")
+    dt_bias = torch.randn(HEADS, device="cuda") * 0.5
+    rows = []
+    # decode: selective state update, the pool big enough for 8 disjoint slot sets
+    for batch in (1, 16, 64):
+        pool = torch.randn(8 * batch + 1, HEADS, HEAD_DIM, STATE, device="cuda") * 0.1
+        step = _ssm_step(batch)
+        state_bytes = batch * HEADS * HEAD_DIM * STATE * 4 * 2
+        slots = lambda i, b=batch: torch.arange(b, device="cuda") + 1 + i * b  # noqa: E731
+        common = lambda i, s=step, b=batch: dict(  # noqa: E731
+            **s, A=A, D=D, dt_bias=dt_bias, dt_limit=DT_LIMIT, state_indices=slots(i, b))
+
+        def vllm_call(i, s=step, pool=pool, b=batch):
+            out = torch.empty(b, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+            idx = slots(i, b).to(torch.int32)
+            tie = lambda t: t[..., None].expand(*t.shape, HEAD_DIM)  # noqa: E731  (one dt per head, as vLLM's mixer)
+            return lambda: vllm.selective_state_update(
+                pool, s["x"][:, 0], tie(s["dt"][:, 0]), A[:, None, None].expand(HEADS, HEAD_DIM, STATE),
+                s["B"][:, 0], s["C"][:, 0], D=tie(D), dt_bias=tie(dt_bias), dt_softplus=True,
+                state_batch_indices=idx, out=out)
+
+        rows.append(Row(
+            "mamba state update", f"B={batch}",
+            lambda i, c=common, p=pool: lambda: triton_mamba.selective_state_update(**c(i), ssm_states=p),
+            bytes=state_bytes,
+            reference=lambda i, c=common, p=pool: lambda: torch_ops.selective_state_update(**c(i), ssm_states=p),
+            baseline=("vLLM selective_state_update", vllm_call) if vllm else None,
+            target=(1.3 if batch == 1 else 1.0, f">={1.3 if batch == 1 else 1.0}x vLLM"),
+        ))
+    # prefill: SSD chunked scan over one 8192-token sequence
+    tokens = 8192
+    x, dt = _bf16(tokens, HEADS, HEAD_DIM), _bf16(tokens, HEADS, scale=0.5)
+    Bm, Cm = _bf16(tokens, GROUPS, STATE), _bf16(tokens, GROUPS, STATE)
+    pool = torch.zeros(2, HEADS, HEAD_DIM, STATE, device="cuda")
+    qsl = torch.tensor([0, tokens], dtype=torch.int32, device="cuda")
+    idx, init = torch.tensor([1], device="cuda"), torch.tensor([False], device="cuda")
+    chunks = triton_mamba.ssd_chunks(qsl, CHUNK)
+    n_chunks = tokens // CHUNK
+    ssd_args = dict(x=x, dt=dt, A=A, B=Bm, C=Cm, D=D, dt_bias=dt_bias, chunk_size=CHUNK, dt_limit=DT_LIMIT,
+                    ssm_states=pool, query_start_loc=qsl, state_indices=idx, has_initial_state=init)
+
+    def vllm_ssd(i):
+        out = torch.empty_like(x)
+        kwargs = dict(cu_seqlens=qsl, cu_chunk_seqlens=torch.arange(0, tokens + 1, CHUNK, dtype=torch.int32, device="cuda"),
+                      last_chunk_indices=torch.tensor([n_chunks - 1], device="cuda"),
+                      seq_idx=torch.zeros(n_chunks, dtype=torch.int32, device="cuda"), out=out,
+                      D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=DT_LIMIT)
+        return lambda: vllm.chunk_scan(x, dt, A, Bm, Cm, CHUNK, **kwargs)
+
+    rows.append(Row(
+        "ssd chunk scan", f"T={tokens}",
+        lambda i: lambda: triton_mamba.ssd_chunk_scan_varlen(**ssd_args, chunks=chunks),
+        bytes=tokens * (HEADS * HEAD_DIM * (2 + 4) + HEADS * 2 + 2 * GROUPS * STATE * 2),
+        flops=n_chunks * HEADS * (2 * CHUNK * CHUNK * (STATE + HEAD_DIM) + 4 * CHUNK * HEAD_DIM * STATE),
+        reference=lambda i: lambda: torch_ops.ssd_chunk_scan_varlen(**ssd_args),
+        baseline=("vLLM mamba_chunk_scan_combined_varlen", vllm_ssd) if vllm else None,
+        target=(1.1, ">=1.1x vLLM"),
+    ))
+    # causal conv1d and gated RMSNorm: against the reference and the roofline only
+    weight, bias = _bf16(CONV_CHANNELS, 4, scale=0.5), _bf16(CONV_CHANNELS, scale=0.1)
+    conv_pool = _bf16(8 * 64 + 1, CONV_CHANNELS, 3)
+    xs = _bf16(tokens, CONV_CHANNELS)
+    conv_args = dict(x=xs, weight=weight, bias=bias, conv_states=conv_pool, query_start_loc=qsl,
+                     state_indices=idx, has_initial_state=init)
+    rows.append(Row("causal conv1d prefill", f"T={tokens} C={CONV_CHANNELS}",
+                    lambda i: lambda: triton_mamba.causal_conv1d_varlen(**conv_args),
+                    bytes=tokens * CONV_CHANNELS * 2 * 2,
+                    reference=lambda i: lambda: torch_ops.causal_conv1d_varlen(**conv_args)))
+    for batch in (1, 16, 64):
+        xb = _bf16(batch, 1, CONV_CHANNELS)
+        update = lambda i, xb=xb, b=batch: dict(  # noqa: E731
+            x=xb, weight=weight, bias=bias, conv_states=conv_pool,
+            state_indices=torch.arange(b, device="cuda") + 1 + i * b)
+        rows.append(Row("causal conv1d update", f"B={batch}",
+                        lambda i, u=update: lambda: triton_mamba.causal_conv1d_update(**u(i)),
+                        bytes=batch * CONV_CHANNELS * 2 * (1 + 1 + 3 * 2),
+                        reference=lambda i, u=update: lambda: torch_ops.causal_conv1d_update(**u(i))))
+    norm_w = _bf16(HEADS * HEAD_DIM)
+    for tokens in (1, 64, 8192):
+        y, z = _bf16(tokens, HEADS * HEAD_DIM), _bf16(tokens, HEADS * HEAD_DIM)
+        group = HEADS * HEAD_DIM // GROUPS
+        rows.append(Row("gated rmsnorm", f"T={tokens}",
+                        lambda i, a=(y, z): lambda: triton_mamba.gated_rms_norm(*a, norm_w, group, 1e-5),
+                        bytes=3 * y.numel() * 2,
+                        reference=lambda i, a=(y, z): lambda: torch_ops.gated_rms_norm(*a, norm_w, group, 1e-5)))
+    return rows
+
+
+# ---------------------------------------------------------------- table
+
+
+def _fmt_us(value):
+    return "-" if value is None else f"{value:9.1f}"
+
+
+def run(rows: list[Row], copy_gbs: float, peak_tflops: float) -> None:
+    header = (f"{'kernel':36} {'shape':22} {'ours us':>9} {'ref us':>9} {'base us':>9} {'vs base':>8} "
+              f"{'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'%peak':>6}  target")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ours, _ = time_us(row.ours, row.bytes)
+        ref, ref_mark = time_us(row.reference, row.bytes) if row.reference else (None, "")
+        base = None
+        base_note = ""
+        if row.baseline:
+            try:
+                base, _ = time_us(row.baseline[1], row.bytes)
+            except Exception as exc:  # keep the table going when a public kernel's API moved
+                base_note = f" [{row.baseline[0]} failed: {exc!r}"[:100] + "]"
+        gbs = row.bytes / ours / 1e3
+        tflops = row.flops / ours / 1e6
+        speedup = base / ours if base else None
+        verdict = ""
+        if row.target:
+            goal, text = row.target
+            met = (gbs / copy_gbs >= -goal) if goal < 0 else (speedup is not None and speedup >= goal)
+            verdict = f"{text}: {'met' if met else 'NOT met'}"
+        print(f"{row.kernel:36} {row.shape:22} {_fmt_us(ours)} {_fmt_us(ref)}{ref_mark or ' '}{_fmt_us(base)} "
+              f"{(f'{speedup:7.2f}x' if speedup else '       -'):>8} {gbs:7.0f} {100 * gbs / copy_gbs:5.0f}% "
+              f"{tflops:8.1f} {100 * tflops / peak_tflops:5.0f}%  {verdict}{base_note}")
+    print("\n* reference syncs with the host: timed eagerly, not as a graph replay."
+          "\n  base = torch._grouped_mm on pre-sorted tokens (no routing) for the MoE rows, vLLM's Triton kernels for Mamba.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="nemodeploy kernel benchmark (Ultra widths)")
+    parser.add_argument("--setup", action="store_true", help="vendor vLLM's Triton Mamba files, then exit")
+    parser.add_argument("--vllm-version", default=VLLM_VERSION)
+    parser.add_argument("--only", default="", help="run rows whose kernel name contains this")
+    args = parser.parse_args()
+    if args.setup:
+        setup_vendor(args.vllm_version)
+        return
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU (run --setup here, the table on the GPU machine)")
+    sys.path.insert(0, str(ROOT.parent))
+    torch.manual_seed(0)
+    vllm, vllm_note = load_vllm()
+    copy_gbs, peak_tflops = measure_peaks()
+    print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak_tflops:.0f} TFLOP/s; "
+          f"vLLM baseline: {vllm_note}; torch {torch.__version__}\n")
+    rows = []
+    if "moe" in args.only or not args.only:
+        rows += moe_rows(Experts())
+    rows += mamba_rows(vllm)
+    run([r for r in rows if args.only in r.kernel], copy_gbs, peak_tflops)
+
+
+if __name__ == "__main__":
+    main()

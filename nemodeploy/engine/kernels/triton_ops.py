@@ -1,0 +1,16 @@
+"""Triton implementations that `get_kernels` swaps in on CUDA (NEMODEPLOY_KERNELS=torch keeps the references).
+
+Ops missing here (rms_norm, write_kv, paged_attention) keep their PyTorch reference.
+"""
+
+from nemodeploy.engine.kernels import triton_mamba, triton_moe
+
+KERNELS = {
+    "gated_rms_norm": triton_mamba.gated_rms_norm,
+    "causal_conv1d_varlen": triton_mamba.causal_conv1d_varlen,
+    "causal_conv1d_update": triton_mamba.causal_conv1d_update,
+    "ssd_chunk_scan_varlen": triton_mamba.ssd_chunk_scan_varlen,
+    "selective_state_update": triton_mamba.selective_state_update,
+    "moe_route": triton_moe.moe_route,
+    "routed_experts": triton_moe.routed_experts,
+}

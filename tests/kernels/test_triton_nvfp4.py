@@ -1,0 +1,67 @@
+"""NVFP4 reference (nvfp4.py) and the W4A16 Triton grouped GEMM against it."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+from nemodeploy.engine.kernels import nvfp4, torch_ops, triton_nvfp4  # noqa: E402
+from nemodeploy.engine.kernels.triton_moe import GemmConfig  # noqa: E402
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TINY = GemmConfig(block_m=16, block_n=16, block_k=32, num_warps=1, num_stages=1)
+
+
+def test_quantize_round_trips_representable_values():
+    values = nvfp4.E2M1_VALUES.repeat(4)
+    signs = torch.tensor([1.0, -1.0]).repeat_interleave(16)
+    w = (values * signs * 0.75).reshape(2, 16)  # block scale 0.75 * amax-derived global
+    w = torch.cat([w, w], dim=1)
+    restored = nvfp4.dequantize(nvfp4.quantize(w), torch.float32)
+    torch.testing.assert_close(restored, w, rtol=1e-6, atol=1e-6)
+
+
+def test_quantize_error_is_bounded_by_the_grid():
+    torch.manual_seed(0)
+    w = torch.randn(2, 8, 64)
+    q = nvfp4.quantize(w)
+    assert q.packed.shape == (2, 8, 32) and q.scales.shape == (2, 8, 4) and q.global_scale.shape == (2,)
+    err = (nvfp4.dequantize(q, torch.float32) - w).abs()
+    block_amax = w.abs().unflatten(-1, (-1, 16)).amax(-1, keepdim=True)
+    # the widest E2M1 step is 2 of 6, so the error stays within a sixth of the block's amax (plus fp8 scale rounding)
+    assert (err.unflatten(-1, (-1, 16)) <= block_amax / 6 * 1.07 + 1e-6).all()
+
+
+def _quantised_experts(num_experts, latent, ffn, device):
+    w_up = torch.randn(num_experts, ffn, latent) / latent**0.5
+    w_down = torch.randn(num_experts, latent, ffn) / ffn**0.5
+    q_up, q_down = nvfp4.quantize(w_up), nvfp4.quantize(w_down)
+    move = lambda q: nvfp4.NVFP4Weight(q.packed.to(device), q.scales.to(device), q.global_scale.to(device))  # noqa: E731
+    return move(q_up), move(q_down)
+
+
+def _check(tokens, num_experts, latent, ffn, device, config=None, expert_start=0, total_experts=None):
+    torch.manual_seed(tokens)
+    x = torch.randn(tokens, latent, device=device).to(torch.bfloat16)
+    q_up, q_down = _quantised_experts(num_experts, latent, ffn, device)
+    logits = torch.randn(tokens, total_experts or num_experts, device=device)
+    weights, ids = torch_ops.moe_route(logits, None, 3, 1, 1, True, 5.0)
+    out = triton_nvfp4.routed_experts_nvfp4(x, q_up, q_down, weights, ids, expert_start, config=config)
+    ref = torch_ops.routed_experts(x, nvfp4.dequantize(q_up), nvfp4.dequantize(q_down), weights, ids, expert_start)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.float().abs().max().item())
+
+
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_w4a16_experts_match_dequantised_reference(device, tokens):
+    _check(tokens, num_experts=5, latent=32, ffn=64, device=device, config=TINY)
+
+
+def test_w4a16_experts_skip_other_ranks_experts(device):
+    _check(4, num_experts=3, latent=32, ffn=32, device=device, config=TINY, expert_start=2, total_experts=6)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 64, 512])
+def test_w4a16_experts_at_ultra_width(tokens):
+    _check(tokens, num_experts=16, latent=2048, ffn=5120, device="cuda")
