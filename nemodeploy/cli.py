@@ -154,7 +154,10 @@ def _is_local(topology) -> bool:
 @click.option("--port", type=int, default=None, help="API port (default: the topology's engine.port).")
 @click.option("--api-key", default=None, envvar="NEMODEPLOY_API_KEY", help="Require this Bearer token.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Trust SSH host keys not yet in known_hosts.")
-def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | None, accept_new_host_keys: bool) -> None:
+@click.option("--known-hosts", type=click.Path(dir_okay=False), default=None, envvar="NEMODEPLOY_KNOWN_HOSTS",
+              help="known_hosts file for the nodes' SSH host keys (default ~/.ssh/known_hosts).")
+def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | None, accept_new_host_keys: bool,
+       known_hosts: str | None) -> None:
     """Plan TOPOLOGY and bring it up: locally, or as a Ray cluster over SSH."""
     loaded, compiled = compile_or_exit(topology)
     if not compiled.fits:
@@ -167,7 +170,8 @@ def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | 
         return
     from nemodeploy.cluster.cli import up_cluster_command
 
-    up_cluster_command(loaded, compiled, accept_new_host_keys=accept_new_host_keys, port=port, api_key=api_key)
+    up_cluster_command(loaded, compiled, accept_new_host_keys=accept_new_host_keys, known_hosts=known_hosts,
+                       port=port, api_key=api_key)
 
 
 @main.command()

@@ -1,0 +1,131 @@
+"""Cluster commands: the multi-node halves of up / down / status, `logs`, and `testhosts` for developers.
+
+Every ClusterError ends the command with its one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from nemodeploy.cli import EXIT_BAD_INPUT, fail, load_topology
+from nemodeploy.cluster import testhosts as hosts
+from nemodeploy.cluster.errors import ClusterError
+from nemodeploy.cluster.lifecycle import cluster_status, down_cluster, fetch_logs, up_cluster
+from nemodeploy.cluster.ssh import KNOWN_HOSTS_ENV
+from nemodeploy.topology.schema import Topology
+
+EXIT_FAILED = 1
+T = TypeVar("T")
+
+
+def _or_exit(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except ClusterError as err:
+        click.echo(f"nemodeploy: {err}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def up_cluster_command(
+    topology: Topology,
+    plan=None,
+    accept_new_host_keys: bool = False,
+    port: int | None = None,
+    api_key: str | None = None,
+    known_hosts: str | None = None,
+) -> None:
+    """Bring up the Ray cluster (the plan, port and API key are for the engine started on it)."""
+    console = Console(stderr=True)
+    state = _or_exit(lambda: up_cluster(topology, accept_new_host_keys, known_hosts, console))
+    console.print(f"Ray cluster [bold]{topology.name}[/] up: {len(state.nodes)} nodes, head at {state.gcs_address}")
+
+
+def down_cluster_command(topology: Topology | str) -> None:
+    stopped = _or_exit(lambda: down_cluster(topology))
+    click.echo(f"Ray stopped on {', '.join(stopped)}")
+
+
+def status_cluster_command(topology: Topology, as_json: bool) -> None:
+    status = _or_exit(lambda: cluster_status(topology))
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{status.topology} (Ray at {status.gcs_address}{'' if status.ray_running else ': not running'})")
+        for column in ("node", "address", "state", "resources"):
+            table.add_column(column)
+        for node in status.nodes:
+            color = "green" if node.state == "alive" else "red"
+            resources = ", ".join(_resource(k, v) for k, v in sorted(node.resources.items()) if not k.startswith("node:"))
+            table.add_row(node.name, node.address, f"[{color}]{node.state}[/]", resources)
+        Console().print(table)
+        if status.engine:
+            mark = "healthy" if status.engine.healthy else "UNHEALTHY"
+            click.echo(f"engine {status.engine.kind}: {mark} ({status.engine.health_url}: {status.engine.detail})")
+    if not status.all_alive:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _resource(name: str, amount: float) -> str:
+    return f"{name}={amount / 2**30:.1f}GiB" if "memory" in name else f"{name}={amount:g}"
+
+
+@click.command("logs")
+@click.argument("topology")
+@click.argument("node")
+@click.option("--dest", type=click.Path(file_okay=False), default="nemodeploy-logs", show_default=True,
+              help="Local folder; the logs go to DEST/NODE/.")
+@click.option("--tail", "tail_lines", type=int, default=20, show_default=True, help="Lines of raylet.out to print (0: none).")
+def logs(topology: str, node: str, dest: str, tail_lines: int) -> None:
+    """Fetch NODE's Ray session logs from the cluster of TOPOLOGY."""
+    loaded = load_topology(topology)
+    folder = _or_exit(lambda: fetch_logs(loaded, node, dest))
+    click.echo(f"{node}: Ray logs in {folder}", err=True)
+    raylet = folder / "raylet.out"
+    if tail_lines > 0 and raylet.is_file():
+        click.echo("".join(raylet.read_text(errors="replace").splitlines(keepends=True)[-tail_lines:]), nl=False)
+
+
+@click.group("testhosts")
+def testhosts() -> None:
+    """Test hosts: network namespaces with sshd on a bridge, for trying multi-node bring-up on one machine (root)."""
+
+
+@testhosts.command("up")
+@click.argument("count", type=click.IntRange(1, 100))
+@click.option("--mtu", type=click.IntRange(576, 9216), default=1500, show_default=True, help="MTU of every link (both ends).")
+@click.option("--subnet", default="10.213.1.0/24", show_default=True, help="Private subnet for the hosts and the bridge.")
+@click.option("--name", default="ndh", show_default=True, help="Name of this set of hosts (prefix of its links and namespaces).")
+def testhosts_up(count: int, mtu: int, subnet: str, name: str) -> None:
+    """Create COUNT hosts h1..hCOUNT and print a topology for them; they stay until `testhosts down`."""
+    reason = hosts.unavailable_reason()
+    if reason:
+        fail(f"nemodeploy: {reason}", EXIT_BAD_INPUT)
+    bed = _or_exit(lambda: hosts.create(count, mtu=mtu, subnet=subnet, name=name))
+    topology = Path(bed.workdir) / "topology.yaml"
+    topology.write_text(bed.topology_yaml())
+    click.echo(bed.topology_yaml(), nl=False)
+    click.echo(
+        f"# {count} test hosts up on {subnet}; topology saved to {topology}\n"
+        f"# their host keys: export {KNOWN_HOSTS_ENV}={bed.known_hosts_path}\n"
+        f"# log in to one: ssh -i {bed.key_path} -o UserKnownHostsFile={bed.known_hosts_path} root@{bed.hosts[0].ip}\n"
+        f"# remove them: nemodeploy testhosts down --name {name}",
+        err=True,
+    )
+
+
+@testhosts.command("down")
+@click.option("--name", default="ndh", show_default=True)
+def testhosts_down(name: str) -> None:
+    """Kill everything in the test hosts and remove their links, bridge, namespaces and files."""
+    bed = hosts.load(name)
+    if bed is None:
+        fail(f"nemodeploy: no test hosts named {name!r} are recorded; nothing to do", EXIT_FAILED)
+    hosts.destroy(bed)
+    click.echo(f"test hosts {name!r} removed ({len(bed.hosts)} hosts)", err=True)
