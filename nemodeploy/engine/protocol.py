@@ -46,13 +46,22 @@ class GenerationRequest:
     thinking: bool = False  # the prompt opened a thinking section (chat template with thinking on)
 
 
+class QueueFull(RuntimeError):
+    """The bounded waiting queue is full: the server answers 429."""
+
+
+class RequestTooLong(ValueError):
+    """Prompt plus max_tokens exceeds the engine's max_model_len: the server answers 400."""
+
+
 @dataclass
 class RequestOutput:
     """One increment for one request: the tokens decided since the last increment."""
 
     request_id: str
     token_ids: list[int]
-    text: str
+    text: str  # content delta (after the thinking section when there is one)
+    reasoning_text: str = ""  # reasoning delta, while the thinking section is open
     finished: bool = False
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0

@@ -1,0 +1,153 @@
+"""ModelRunner: the model and its cache on one device; runs one scheduled step.
+
+Per step: lay the chunks out as one flattened batch (verify / decode rows first, as
+the model's Mamba path wants), run the forward, pick tokens, and with speculation on:
+roll each verified sequence's Mamba state back to its accepted length
+(`HybridCache.commit`), then draft the next tokens with the MTP head.
+
+MTP drafting, for k speculative tokens:
+  1. one MTP pass over the whole batch, at the same positions: position t gets the
+     token after t (shifted input, with the step's new token at the last accepted
+     position) and the main model's hidden state at t. This also fills the MTP layer's
+     own KV cache for every position the main model just cached.
+  2. k - 1 single-token passes per sampling sequence, each on the previous draft and
+     the previous MTP hidden state, one position further.
+Drafts are argmax picks; `sampler.verify` accepts them against the target next step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nemodeploy.engine.batch import BatchMetadata
+from nemodeploy.engine.cache import HybridCache, kv_bytes_per_block, mamba_bytes_per_slot
+from nemodeploy.engine.config import EngineConfig
+from nemodeploy.engine.executor import StepResult
+from nemodeploy.engine.loader import load_model
+from nemodeploy.engine.model.parallel import ParallelConfig
+from nemodeploy.engine.sampler import make_generator, sample, verify
+from nemodeploy.engine.scheduler import SchedulerOutput, SeqChunk
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, parallel: ParallelConfig = ParallelConfig()):
+        self.config = config
+        self.k = config.speculative_tokens
+        self.device = torch.device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        self.model = load_model(config.model, self.dtype, self.device, parallel, with_mtp=self.k > 0)
+        if self.k and self.model.mtp is None:
+            raise ValueError(f"{config.model} has no MTP layer (num_nextn_predict_layers = 0): "
+                             "speculative decoding needs one; use speculative_tokens 0")
+        self.cache = HybridCache(self.model.config, config.num_kv_blocks, config.block_size, config.num_mamba_slots,
+                                 self.dtype, self.device, parallel, include_mtp=self.k > 0,
+                                 num_spec_tokens=self.k, max_spec_seqs=config.max_num_seqs if self.k else 0)
+        self.parallel = parallel
+        self._generators: dict[str, torch.Generator] = {}
+
+    def cache_info(self) -> dict[str, int]:
+        c = self.config
+        return {
+            "num_kv_blocks": c.num_kv_blocks,
+            "block_size": c.block_size,
+            "num_mamba_slots": c.num_mamba_slots,
+            "kv_bytes": c.num_kv_blocks * kv_bytes_per_block(self.model.config, c.block_size, self.dtype,
+                                                             self.parallel, include_mtp=self.k > 0),
+            "mamba_bytes": c.num_mamba_slots * mamba_bytes_per_slot(self.model.config, self.dtype, self.parallel),
+        }
+
+    def _is_recurrent(self, chunk: SeqChunk) -> bool:
+        """Runs on the Mamba token-by-token path: cached state and the common verify length."""
+        return chunk.start_pos > 0 and chunk.num_drafts == self.k and len(chunk.token_ids) == 1 + self.k
+
+    def _generator(self, chunk: SeqChunk) -> torch.Generator:
+        if chunk.request_id not in self._generators:
+            self._generators[chunk.request_id] = make_generator(chunk.seed, self.device)
+        return self._generators[chunk.request_id]
+
+    def _batch(self, chunks: list[SeqChunk], num_decodes: int) -> BatchMetadata:
+        return BatchMetadata.build(
+            query_lens=[len(c.token_ids) for c in chunks],
+            context_lens=[c.start_pos for c in chunks],
+            block_tables=[c.block_table for c in chunks],
+            mamba_slots=[c.slot for c in chunks],
+            block_size=self.config.block_size,
+            device=self.device,
+            num_decodes=num_decodes,
+            save_spec_states=bool(self.k and num_decodes),
+        )
+
+    @torch.inference_mode()
+    def execute(self, step: SchedulerOutput) -> dict[str, StepResult]:
+        for request_id in step.released:
+            self._generators.pop(request_id, None)
+        if not step.chunks:
+            return {}
+        recurrent = [c for c in step.chunks if self._is_recurrent(c)]
+        chunks = recurrent + [c for c in step.chunks if not self._is_recurrent(c)]
+        batch = self._batch(chunks, len(recurrent))
+        input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, batch, self.cache)
+
+        starts = batch.query_start_loc.tolist()
+        # logits only where tokens are decided: each sampling row's last known token and its drafts
+        rows = {i: range(starts[i + 1] - 1 - c.num_drafts, starts[i + 1]) for i, c in enumerate(chunks) if c.sample}
+        logits = self.model.compute_logits(hidden[[p for r in rows.values() for p in r]]) if rows else None
+        results: dict[str, StepResult] = {c.request_id: StepResult() for c in chunks}
+        at = 0
+        for i, positions in rows.items():
+            chunk, row_logits = chunks[i], logits[at : at + len(positions)]
+            at += len(positions)
+            params, gen = chunk.sampling, self._generator(chunk)
+            if chunk.num_drafts:
+                tokens = verify(row_logits, chunk.token_ids[-chunk.num_drafts :], params, gen)[: chunk.max_new]
+            else:
+                tokens = [sample(row_logits[0], params, gen)]
+            results[chunk.request_id].tokens = tokens
+
+        if recurrent and self.k:
+            kept = [len(results[c.request_id].tokens) for c in recurrent]
+            self.cache.commit(batch.mamba_slots[: len(recurrent)], torch.tensor(kept, device=self.device))
+        if self.k:
+            self._draft(chunks, starts, input_ids, hidden, batch, results)
+        return results
+
+    def _draft(self, chunks: list[SeqChunk], starts: list[int], input_ids: torch.Tensor, hidden: torch.Tensor,
+               batch: BatchMetadata, results: dict[str, StepResult]) -> None:
+        """MTP drafts for every sampling sequence (see the module docstring)."""
+        shifted = input_ids.roll(-1)  # the token after each position; row ends are set below
+        last_pos: list[int] = []  # flat index of each sampling row's last accepted position
+        for i, chunk in enumerate(chunks):
+            if chunk.sample:
+                tokens = results[chunk.request_id].tokens
+                at = starts[i + 1] - 1 - chunk.num_drafts + len(tokens) - 1
+                shifted[at] = tokens[-1]
+                last_pos.append(at)
+            else:
+                shifted[starts[i + 1] - 1] = chunk.next_token
+        mtp_hidden = self.model.mtp_forward(shifted, hidden, batch, self.cache)
+        sampling = [c for c in chunks if c.sample]
+        if not sampling:
+            return
+        h = mtp_hidden[last_pos]
+        draft = self.model.compute_logits(h).argmax(dim=-1)
+        drafts = [draft]
+        # position of the new token of each sampling row: the chain continues from there
+        positions = [c.start_pos + len(c.token_ids) - c.num_drafts + len(results[c.request_id].tokens) - 1
+                     for c in sampling]
+        for j in range(1, self.k):
+            chain = BatchMetadata.build(
+                query_lens=[1] * len(sampling),
+                context_lens=[p + j - 1 for p in positions],
+                block_tables=[c.block_table for c in sampling],
+                mamba_slots=[c.slot for c in sampling],
+                block_size=self.config.block_size,
+                device=self.device,
+                num_decodes=len(sampling),
+            )
+            h = self.model.mtp_forward(draft, h, chain, self.cache)
+            draft = self.model.compute_logits(h).argmax(dim=-1)
+            drafts.append(draft)
+        proposals = torch.stack(drafts, dim=1).tolist()
+        for chunk, row in zip(sampling, proposals):
+            results[chunk.request_id].drafts = row
