@@ -165,8 +165,12 @@ def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | 
              EXIT_INFEASIBLE)
     if _is_local(loaded):
         from nemodeploy.backends.embedded import up_local
+        from nemodeploy.backends.engine_config import LaunchError
 
-        up_local(loaded, compiled, host=host, port=port or loaded.engine.port, api_key=api_key, detach=detach)
+        try:
+            up_local(loaded, compiled, host=host, port=port or loaded.engine.port, api_key=api_key, detach=detach)
+        except LaunchError as err:
+            fail(f"nemodeploy: {loaded.name}: {err}", EXIT_BAD_INPUT)
         return
     from nemodeploy.cluster.cli import up_cluster_command
 
