@@ -194,6 +194,8 @@ def down_local(name: str | None = None) -> list[str]:
             raise click.ClickException(f"no local deployment named '{name}'")
     elif len(deps) > 1:
         raise click.ClickException("several local deployments run; name one of: " + ", ".join(d.name for d in deps))
+    elif not deps:
+        click.echo("no local deployment is running")
     for dep in deps:
         click.echo(f"{dep.name}: {'stopped' if stop(dep) else 'was not running'} (pid {dep.pid})")
     return [d.name for d in deps]
