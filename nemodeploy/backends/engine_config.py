@@ -63,5 +63,6 @@ def engine_config(topology: Topology, plan: Plan):
         speculative_tokens=cache.speculative_tokens,
         max_queue=max(4 * cache.max_num_seqs, 16),
         thinking_budget=topology.serving.thinking_budget,
+        default_thinking=topology.serving.reasoning == "on",
         served_model_name=topology.model.id or directory.name,
     )

@@ -24,6 +24,7 @@ _ENGINE_OPTIONS = [
     ("--max-queue", int, "Waiting requests before new ones get HTTP 429."),
     ("--thinking-budget", int, "Default reasoning tokens before </think> is forced."),
     ("--served-model-name", str, "Model name on the API (default: the directory name)."),
+    ("--default-thinking", bool, "Thinking on / off for chat requests that do not say (default: the template's)."),
 ]
 
 

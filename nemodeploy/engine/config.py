@@ -24,6 +24,7 @@ class EngineConfig:
     speculative_tokens: int = 0  # MTP draft tokens per step; 0 turns speculative decoding off
     max_queue: int = 64  # waiting requests before new ones are rejected (HTTP 429)
     thinking_budget: int | None = None  # default reasoning-token budget for requests that give none
+    default_thinking: bool | None = None  # chat requests that don't say: thinking on / off (None: the template's default)
     served_model_name: str | None = None  # name on /v1/models; defaults to the directory name
     seed: int = 0  # for sampling requests that give no seed
 

@@ -95,9 +95,10 @@ class Server:
     """Holds what the routes share: the engine, the tokenizer and the names."""
 
     def __init__(self, engine: AsyncEngine, tokenizer: Tokenizer, model_name: str, max_model_len: int,
-                 api_key: str | None = None):
+                 api_key: str | None = None, default_thinking: bool | None = None):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
         self.max_model_len, self.api_key = max_model_len, api_key
+        self.default_thinking = default_thinking  # None: whatever the chat template does by default
         self.created = int(time.time())
 
     # -- parsing -------------------------------------------------------------
@@ -135,6 +136,8 @@ class Server:
     def chat_prompt(self, req: ChatCompletionRequest) -> tuple[list[int], bool]:
         kwargs = dict(req.chat_template_kwargs)
         thinking = kwargs.pop("enable_thinking", req.enable_thinking)
+        if thinking is None:
+            thinking = self.default_thinking
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         for m in messages:
             if isinstance(m.get("content"), list):
@@ -320,7 +323,7 @@ def build_app(config: EngineConfig, api_key: str | None = None) -> tuple[FastAPI
     engine = LLMEngine(config)
     async_engine = AsyncEngine(engine).start()
     name = config.served_model_name or Path(config.model).name
-    server = Server(async_engine, engine.tokenizer, name, config.max_model_len, api_key)
+    server = Server(async_engine, engine.tokenizer, name, config.max_model_len, api_key, config.default_thinking)
     return create_app(server), async_engine
 
 

@@ -184,3 +184,17 @@ def test_client_hanging_up_on_a_non_streamed_request_aborts_it(srv):
 def test_health_and_metrics_are_open_without_a_key(srv):
     assert httpx.get(f"{srv.url}/health").status_code == 200
     assert "vllm:kv_cache_usage_perc" in httpx.get(f"{srv.url}/metrics").text
+
+
+def test_the_topology_reasoning_setting_is_the_default_for_requests_that_do_not_say(latent_dir, start_server):
+    """`serving.reasoning: off` reaches the server as default_thinking=False; a request can still ask for it."""
+    config = EngineConfig(model=str(latent_dir), dtype="float32", block_size=8, num_kv_blocks=64,
+                          num_mamba_slots=1, max_num_seqs=1, max_num_batched_tokens=64, max_model_len=256,
+                          served_model_name="tiny", default_thinking=False)
+    with start_server(config) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0, timeout=120)
+        plain = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=8, temperature=0)
+        assert getattr(plain.choices[0].message, "reasoning_content", None) is None
+        asked = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=8, temperature=0,
+                                               extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+        assert asked.choices[0].message.reasoning_content
