@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console

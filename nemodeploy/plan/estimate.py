@@ -18,7 +18,7 @@ from nemodeploy.plan.layout import Layout
 from nemodeploy.plan.memory import LayerBytes, expert_shards, stage_weight_bytes
 from nemodeploy.plan.precision import DTYPE_BYTES, ComputePath
 from nemodeploy.plan.types import Estimate, Stage
-from nemodeploy.topology.catalog import Accelerator, Network
+from nemodeploy.topology.catalog import Accelerator
 
 MEMORY_EFFICIENCY = 0.80  # achievable share of datasheet HBM bandwidth for streaming weights
 COMPUTE_EFFICIENCY = 0.60  # achievable share of dense peak for large GEMMs (prefill)

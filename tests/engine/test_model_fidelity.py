@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VARIANTS, Runner, hf_logits, prompt
+from model_harness import VARIANTS, Runner, hf_logits, prompt
 from nemodeploy.engine.loader import load_model
 
 ATOL = 2e-4

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import Runner, hf_logits, prompt
+from model_harness import Runner, hf_logits, prompt
 from nemodeploy.engine.loader import CheckpointError, load_model
 
 

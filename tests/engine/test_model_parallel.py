@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import Runner, prompt
+from model_harness import Runner, prompt
 from nemodeploy.engine.loader import load_model
 from nemodeploy.engine.model.parallel import ParallelConfig
 

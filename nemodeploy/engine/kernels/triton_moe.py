@@ -113,13 +113,6 @@ def moe_route(
             RENORMALIZE=renormalize,
         )
     return weights, ids.long()
-    bias = correction_bias.contiguous() if correction_bias is not None else logits
-    _route_kernel[(num_tokens,)](
-        logits, bias, weights, ids, num_experts, routed_scaling,
-        TOP_K=top_k, SLOTS=triton.next_power_of_2(top_k),
-        BLOCK_E=triton.next_power_of_2(num_experts), HAS_BIAS=correction_bias is not None,
-    )
-    return weights, ids
 
 
 @dataclass(frozen=True)
