@@ -203,6 +203,25 @@ async def _collect(http: Request, outputs: AsyncIterator[RequestOutput]) -> list
         await outputs.aclose()
 
 
+def _stream(base: dict, outputs, choice, stream_options, opening: dict | None = None):
+    """SSE for a generation: an optional opening choice, one chunk per output that `choice` turns
+    into a choice (None skips it), the usage chunk when asked for, then [DONE]."""
+    include_usage = bool(stream_options and stream_options.include_usage)
+
+    async def events():
+        if opening is not None:
+            yield _sse({**base, "choices": [opening]})
+        async for out in outputs:
+            chunk = choice(out)
+            if chunk is not None:
+                yield _sse({**base, "choices": [chunk]})
+            if out.finished and include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(out)})
+        yield _sse("[DONE]")
+
+    return _event_stream(events(), outputs)
+
+
 def _event_stream(events: AsyncIterator[str], outputs: AsyncIterator[RequestOutput]) -> StreamingResponse:
     """SSE response; when the client goes away mid-stream the request is aborted at once."""
 
@@ -263,14 +282,9 @@ def create_app(server: Server) -> FastAPI:
         base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": server.model_name}
 
         if req.stream:
-            async def events():
-                async for out in outputs:
-                    choice = {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
-                    yield _sse({**base, "choices": [choice]})
-                    if out.finished and req.stream_options and req.stream_options.include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(out)})
-                yield _sse("[DONE]")
-            return _event_stream(events(), outputs)
+            def choice(out: RequestOutput) -> dict:
+                return {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+            return _stream(base, outputs, choice, req.stream_options)
 
         outs = await _collect(http, outputs)
         text = "".join(o.text for o in outs)
@@ -289,22 +303,15 @@ def create_app(server: Server) -> FastAPI:
                 "model": server.model_name}
 
         if req.stream:
-            async def events():
-                yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "finish_reason": None}]})
-                async for out in outputs:
-                    delta = {}
-                    if out.reasoning_text:
-                        delta["reasoning_content"] = out.reasoning_text
-                    if out.text:
-                        delta["content"] = out.text
-                    if delta or out.finished:
-                        choice = {"index": 0, "delta": delta, "finish_reason": out.finish_reason}
-                        yield _sse({**base, "choices": [choice]})
-                    if out.finished and req.stream_options and req.stream_options.include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(out)})
-                yield _sse("[DONE]")
-            return _event_stream(events(), outputs)
+            def choice(out: RequestOutput) -> dict | None:
+                delta = {}
+                if out.reasoning_text:
+                    delta["reasoning_content"] = out.reasoning_text
+                if out.text:
+                    delta["content"] = out.text
+                return {"index": 0, "delta": delta, "finish_reason": out.finish_reason} if delta or out.finished else None
+            opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            return _stream(base, outputs, choice, req.stream_options, opening)
 
         outs = await _collect(http, outputs)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(o.text for o in outs)}
