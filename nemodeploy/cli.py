@@ -162,6 +162,10 @@ def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | 
     if not compiled.fits:
         fail(f"nemodeploy: {loaded.name}: {compiled.reason}; run `nemodeploy plan {topology}` for the nearest plans that fit",
              EXIT_INFEASIBLE)
+    if compiled.engine == "vllm":
+        fail(f"nemodeploy: {loaded.name}: engine.kind vllm: the vLLM launcher is not built yet "
+             f"(`nemodeploy plan {topology} --json` gives its sizes); set engine.kind: embedded to serve with "
+             "nemodeploy's own engine", EXIT_BAD_INPUT)
     if _is_local(loaded):
         from nemodeploy.backends.embedded import up_local
         from nemodeploy.backends.engine_config import LaunchError

@@ -41,13 +41,37 @@ def up_cluster_command(
     api_key: str | None = None,
     known_hosts: str | None = None,
 ) -> None:
-    """Bring up the Ray cluster (the plan, port and API key are for the engine started on it)."""
+    """Bring up the Ray cluster, then the embedded engine on it; both steps leave what already runs alone."""
+    from nemodeploy.backends.cluster_engine import start_engine, stop_engine
+    from nemodeploy.backends.engine_config import LaunchError
+
     console = Console(stderr=True)
     state = _or_exit(lambda: up_cluster(topology, accept_new_host_keys, known_hosts, console))
     console.print(f"Ray cluster [bold]{topology.name}[/] up: {len(state.nodes)} nodes, head at {state.gcs_address}")
+    if plan is None:
+        return
+    engine = _or_exit(lambda: cluster_status(topology)).engine
+    if engine is not None and engine.healthy:
+        console.print(f"engine already serving: {engine.health_url}")
+        return
+    if engine is not None:  # a rank died with its node: restart the engine over the nodes `up` brought back
+        console.print(f"engine unhealthy ({engine.detail}); restarting it")
+        _or_exit(lambda: stop_engine(topology.name))
+    try:
+        health_url = _or_exit(lambda: start_engine(topology, plan, port=port, api_key=api_key))
+    except LaunchError as err:
+        fail(f"nemodeploy: {topology.name}: {err}", EXIT_BAD_INPUT)
+    endpoint = health_url.removesuffix("/health")
+    console.print(f"engine serving at [bold]{endpoint}/v1[/] (tp {plan.parallel.tp_size}, ep {plan.parallel.ep_size}); "
+                  f"`nemodeploy down {topology.name}` stops it and the cluster")
 
 
 def down_cluster_command(topology: Topology | str) -> None:
+    from nemodeploy.backends.cluster_engine import stop_engine
+
+    name = topology if isinstance(topology, str) else topology.name
+    if _or_exit(lambda: stop_engine(name)):
+        click.echo(f"engine on {name} stopped")
     stopped = _or_exit(lambda: down_cluster(topology))
     click.echo(f"Ray stopped on {', '.join(stopped)}")
 

@@ -27,7 +27,22 @@ _FIND_PYTHON = (
     "PY=$(sed -n '1s/^#!//p' \"$RAY\")"
 )
 
-_GCS_CLIENT_ENV = "RAY_gcs_rpc_server_connect_timeout_s=3 RAY_gcs_rpc_server_reconnect_timeout_s=8"
+# Every process of the cluster (raylets, GCS, drivers) must agree on Ray's token authentication.
+# Ray 2.60 turns it on for `ray start --head` whenever ~/.ray/auth_token exists (any earlier local
+# ray.init() writes one) but not for workers joining by address, which then fail with
+# InvalidAuthToken. nemodeploy turns it off on every node and driver: like any Ray cluster, its
+# ports belong on a private network (docs/cluster.md).
+CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+def env_assignments(env: dict[str, str]) -> str:
+    """`K=V K=V ` for a shell command line."""
+    return "".join(f"{quote(f'{k}={v}')} " for k, v in env.items())
+
+
+_GCS_CLIENT_ENV = env_assignments(
+    {**CLUSTER_ENV, "RAY_gcs_rpc_server_connect_timeout_s": "3", "RAY_gcs_rpc_server_reconnect_timeout_s": "8"}
+)
 
 _PREFLIGHT = r"""
 import json, socket, sys
@@ -122,7 +137,7 @@ def _resource_args(node: Node, settings: RaySettings) -> list[str]:
 
 def start_command(node: Node, settings: RaySettings, head_address: str | None) -> str:
     """`ray start` for the head (head_address None) or for a worker joining head_address."""
-    env = node_env(node)
+    env = {**CLUSTER_ENV, **node_env(node)}
     argv = ["ray", "start", f"--node-ip-address={node.address}", f"--temp-dir={temp_dir(settings, node)}"]
     if head_address is None:
         env.update(settings.head_env)
@@ -130,8 +145,7 @@ def start_command(node: Node, settings: RaySettings, head_address: str | None) -
     else:
         argv += [f"--address={head_address}"]
     argv += [*_resource_args(node, settings), "--disable-usage-stats"]
-    assignments = [f"{k}={v}" for k, v in env.items()]
-    return quote("env", *assignments, *argv) if assignments else quote(*argv)
+    return quote("env", *[f"{k}={v}" for k, v in env.items()], *argv)
 
 
 def _python(shell: Shell, script: str, args: list[str], timeout: float, env: str = ""):
