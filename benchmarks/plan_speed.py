@@ -40,7 +40,7 @@ def main() -> None:
         plan_s = median_seconds(lambda: compile_plan(topology), args.repeat)
         config = resolve_model(topology.model.id, topology.model.path).config
         searched = len(candidates(config, topology.accelerator_count, topology.nodes[0].accelerators.count,
-                                  topology.engine.parallel.model_dump(), topology.engine.kind == "vllm"))
+                                  topology.engine.parallel.model_dump(), topology.engine.kind))
         print(f"{name:<16} {plan.verdict:<11} {searched:>7} {load_s * 1e3:>8.2f} {plan_s * 1e3:>8.2f} {plan_s / load_s:>8.1f}x")
 
 

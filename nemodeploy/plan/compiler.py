@@ -102,9 +102,14 @@ def _fixed_sizes(topology: Topology) -> dict[str, int | None]:
     return topology.engine.parallel.model_dump()
 
 
-def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], world: int, per_node: int) -> str:
+def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], world: int, per_node: int,
+                       engine: str) -> str:
     """The rule that rejects the user's sizes, or the general reason when none were fixed."""
-    tp = fixed.get("tp_size") or 1
+    embedded = engine == "embedded"
+    if embedded and (fixed.get("pp_size") or 1, fixed.get("dp_size") or 1) != (1, 1):
+        return ("the embedded engine runs one tensor / expert parallel group: pipeline and data parallel "
+                "need engine.kind: vllm")
+    tp = fixed.get("tp_size") or (world if embedded else 1)
     pp = fixed.get("pp_size") or 1
     dp = fixed.get("dp_size") or max(world // (tp * pp), 1)
     ep = fixed.get("ep_size") or 1
@@ -112,6 +117,9 @@ def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], wo
         partial = all(fixed.get(k) for k in ("tp_size", "pp_size", "dp_size"))
         layouts.check(config, layouts.Layout(tp, pp, dp, ep), world, per_node, partial=partial)
     except layouts.LayoutError as err:
+        if embedded and not fixed.get("tp_size"):
+            return (f"the embedded engine runs one tensor parallel group over all {world} devices: {err}; "
+                    "fix engine.parallel sizes (tp_size, pp_size: 1, dp_size: 1) to use fewer")
         return str(err)
     return f"no tp/pp/dp/ep combination with {fixed} uses the {world} GPUs"
 
@@ -153,10 +161,10 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
                     memory=None, capacity=None, cache=None, estimate=None, warnings=warnings, alternatives=alternatives)
 
     fixed = _fixed_sizes(topology)
-    found = layouts.candidates(config, world, per_node, fixed, data_parallel_experts=topology.engine.kind == "vllm")
+    found = layouts.candidates(config, world, per_node, fixed, topology.engine.kind)
     if not found:
         field = next((("engine", "parallel", k) for k, v in fixed.items() if v is not None), ("nodes",))
-        raise PlanInputError(field, _explain_no_layout(config, fixed, world, per_node))
+        raise PlanInputError(field, _explain_no_layout(config, fixed, world, per_node, topology.engine.kind))
 
     lb = layer_bytes(config, topology.model.precision)
     evaluated = []

@@ -80,16 +80,20 @@ def check(config: NemotronHConfig, layout: Layout, world: int, gpus_per_node: in
 
 
 def candidates(config: NemotronHConfig, world: int, gpus_per_node: int, fixed: dict[str, int | None],
-               data_parallel_experts: bool) -> list[Layout]:
-    """Every valid layout using all GPUs, honouring the sizes the user fixed.
+               engine: str) -> list[Layout]:
+    """Every valid layout using all GPUs that `engine` can run, honouring the sizes the user fixed.
 
-    `data_parallel_experts` admits ep = tp x dp (vLLM's data-parallel attention with
-    expert-parallel MoE); the embedded engine partitions experts within its tp group only.
+    vLLM runs any (tp, pp, dp) and ep = tp x dp (data-parallel attention with expert-parallel
+    MoE). The embedded engine runs one tensor / expert parallel group (pp = dp = 1, ep 1 or tp),
+    across nodes when it must.
     """
+    embedded = engine == "embedded"
     out: list[Layout] = []
     sizes = (fixed.get("tp_size"), fixed.get("pp_size"), fixed.get("dp_size"))
     if all(sizes) and sizes[0] * sizes[1] * sizes[2] < world:
         tp, pp, dp = sizes
+        if embedded and (pp, dp) != (1, 1):
+            return []
         layout = Layout(tp, pp, dp, fixed.get("ep_size") or tp)
         try:
             check(config, layout, world, gpus_per_node, partial=True)
@@ -100,16 +104,16 @@ def candidates(config: NemotronHConfig, world: int, gpus_per_node: int, fixed: d
     for tp in divisors:
         if fixed.get("tp_size") not in (None, tp):
             continue
-        # tp across nodes only where nodes hold a single GPU (DGX Spark) or the user asked for it
-        if tp > gpus_per_node and gpus_per_node > 1 and fixed.get("tp_size") is None:
+        # tp across nodes only where nodes hold a single GPU (DGX Spark), the user asked, or the engine must
+        if tp > gpus_per_node and gpus_per_node > 1 and fixed.get("tp_size") is None and not embedded:
             continue
         for pp in divisors:
             if (world // tp) % pp or fixed.get("pp_size") not in (None, pp):
                 continue
             dp = world // (tp * pp)
-            if fixed.get("dp_size") not in (None, dp):
+            if fixed.get("dp_size") not in (None, dp) or (embedded and (pp, dp) != (1, 1)):
                 continue
-            ep_options = {1, tp, tp * dp} if data_parallel_experts else {1, tp}
+            ep_options = {1, tp} if embedded else {1, tp, tp * dp}
             if not config.n_routed_experts:
                 ep_options = {1}
             for ep in sorted(ep_options):

@@ -91,14 +91,14 @@ def test_tp_that_does_not_divide_the_heads(tmp_path):
 
 
 def test_sizes_that_do_not_multiply_to_the_gpu_count(tmp_path):
-    impossible = GOOD + "engine:\n  parallel:\n    pp_size: 3\n"
-    rest = expect_error(tmp_path, impossible, 14, "3", "16 GPUs")
+    impossible = GOOD + "engine:\n  kind: vllm\n  parallel:\n    pp_size: 3\n"
+    rest = expect_error(tmp_path, impossible, 15, "3", "16 GPUs")
     assert rest.startswith("engine.parallel.pp_size: ")
 
 
 def test_more_gpus_asked_than_the_nodes_have(tmp_path):
-    greedy = GOOD + "engine:\n  parallel:\n    tp_size: 8\n    pp_size: 4\n"
-    rest = expect_error(tmp_path, greedy, 14, "8", "the topology has 16 GPUs")
+    greedy = GOOD + "engine:\n  kind: vllm\n  parallel:\n    tp_size: 8\n    pp_size: 4\n"
+    rest = expect_error(tmp_path, greedy, 15, "8", "the topology has 16 GPUs")
     assert "32" in rest
 
 
@@ -147,3 +147,16 @@ def test_errors_do_not_depend_on_the_output_format(tmp_path, flag):
     result = CliRunner().invoke(main, ["plan", str(path), *([flag] if flag else [])])
     assert result.exit_code == 2
     assert LOCATED.match(result.stderr.strip())
+
+
+def test_the_embedded_engine_takes_no_pipeline_stages(tmp_path):
+    staged = GOOD + "engine:\n  kind: embedded\n  parallel:\n    pp_size: 2\n"
+    rest = expect_error(tmp_path, staged, 15, "2", "pipeline and data parallel need engine.kind: vllm")
+    assert rest.startswith("engine.parallel.pp_size: ")
+
+
+def test_the_embedded_engine_must_divide_the_heads_over_all_devices(tmp_path):
+    three = GOOD.replace("  - name: b\n    address: 10.0.0.2\n    accelerators: {kind: h100-sxm, count: 8}\n", "") \
+        .replace("count: 8}", "count: 6}") + "engine:\n  kind: embedded\n"
+    rest = expect_error(tmp_path, three, 3, 3, "one tensor parallel group over all 6 devices")
+    assert "fix engine.parallel sizes" in rest
