@@ -4,7 +4,8 @@ Each host is a network namespace with one veth (named eth0 inside) on a bridge,
 and a process tree started under `unshare --pid --fork --mount-proc --uts`, so
 it has its own hostname, process table, /run, /tmp and /dev/shm. Without that,
 `ray stop` in one host stops the Ray processes of every host (they would share
-the process table), and Ray's files under /tmp would collide. The init of each
+the process table), and Ray's files under /tmp would collide. The Python
+environment and this source tree stay visible when they live under /tmp. The init of each
 host is started with `--kill-child`: killing the recorded `unshare` process
 kills the host's PID 1 and, with it, everything that runs in the host.
 
@@ -160,12 +161,31 @@ while True:
 """
 
 
+def machine_paths_in_tmp() -> list[str]:
+    """Paths under the machine's /tmp that a host must still see: this Python environment and this
+    source tree (a CI checkout may live in /tmp). Parents come before their children."""
+    import nemodeploy
+
+    needed = {sys.prefix, os.path.realpath(sys.prefix), str(Path(nemodeploy.__file__).resolve().parents[1])}
+    return sorted(p for p in needed if p.startswith("/tmp/"))
+
+
 def _init_script(host: TestHost, hostdir: Path) -> str:
-    """The host's PID 1: private /run, /tmp, /dev/shm, hostname, sshd; then it reaps orphans forever."""
+    """The host's PID 1: private /run, /tmp, /dev/shm, hostname, sshd; then it reaps orphans forever.
+
+    The machine's /tmp is kept at /run/machine-tmp so the Python environment and the source
+    tree can be bound back into the private /tmp when they live there.
+    """
+    rebinds = "".join(
+        f"mkdir -p {shlex.quote(p)} && mount --bind {shlex.quote('/run/machine-tmp' + p[len('/tmp'):])} {shlex.quote(p)} && "
+        for p in machine_paths_in_tmp()
+    )
     return (
         f"hostname {host.name} && "
-        "mount -t tmpfs -o size=64m,mode=755 tmpfs /run && mkdir -p /run/sshd && "
+        "mount -t tmpfs -o size=64m,mode=755 tmpfs /run && mkdir -p /run/sshd /run/machine-tmp && "
+        "mount --bind /tmp /run/machine-tmp && "
         "mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp && "
+        f"{rebinds}"
         "mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm && "
         f"{SSHD} -f {hostdir}/sshd_config -E {hostdir}/sshd.log && "
         f"exec {sys.executable} -c {shlex.quote(_REAPER)}"
