@@ -43,7 +43,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, self.commands[name].get_short_help_str()) for name in super().list_commands(ctx)]
+        rows = [(name, self.commands[name].get_short_help_str(limit=90)) for name in super().list_commands(ctx)]
         rows += [(name, help_text) for name, (_, _, help_text) in LAZY_COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
