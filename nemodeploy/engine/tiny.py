@@ -6,10 +6,14 @@ MTP module, so the MTP head is added in vLLM's `mtp.*` naming (see engine/model/
 its layers are built as transformers layers of kinds `mtp_layer_types` and renamed
 `backbone.layers.N.*` -> `mtp.layers.N.*`, plus enorm / hnorm / eh_proj on layer 0 and
 final_layernorm on the last. transformers ignores `mtp.*` when loading.
+
+With `distill_mtp=True` (what `tiny_model_dir()` writes) the random MTP head is then trained
+briefly against the fixed main model, see `distill_mtp_head`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -106,6 +110,117 @@ def _mtp_tensors(spec: dict, seed: int, workdir: Path) -> dict[str, torch.Tensor
     return tensors
 
 
+# MTP distillation: sizes chosen to stay within a few seconds on one CPU core
+DISTILL_PROMPT_LENS = (3, 6, 10, 16)
+DISTILL_PROMPTS_PER_LEN = 64
+DISTILL_NEW_TOKENS = 40
+DISTILL_STEPS = 200
+DISTILL_BATCH = 24
+DISTILL_LR = 1e-2
+DISTILL_BLOCK_SIZE = 16
+# written into tiny_model_dir() once its head is distilled; a cached model without it is rewritten
+DISTILLED_MARKER = "mtp_distilled"
+
+
+def _greedy_sequences(model, gen: torch.Generator, vocab_size: int) -> list[tuple[list[int], int]]:
+    """(prompt + the main model's greedy continuation, prompt length) for seeded random prompts."""
+    sequences = []
+    for prompt_len in DISTILL_PROMPT_LENS:
+        prompts = torch.randint(len(SPECIAL_TOKENS), vocab_size, (DISTILL_PROMPTS_PER_LEN, prompt_len), generator=gen)
+        with torch.no_grad():
+            out = model.generate(prompts, max_new_tokens=DISTILL_NEW_TOKENS, min_new_tokens=DISTILL_NEW_TOKENS,
+                                 do_sample=False, pad_token_id=0)
+        sequences += [(row, prompt_len) for row in out.tolist()]
+    return sequences
+
+
+def _prefill(engine_model, sequences: list[list[int]], include_mtp: bool):
+    """Batch metadata and a fresh cache that hold `sequences` as prefill rows of the engine."""
+    from nemodeploy.engine.batch import BatchMetadata
+    from nemodeploy.engine.cache import HybridCache
+
+    length = len(sequences[0])
+    blocks = -(-length // DISTILL_BLOCK_SIZE)
+    batch = BatchMetadata.build(
+        query_lens=[length] * len(sequences), context_lens=[0] * len(sequences),
+        block_tables=[list(range(i * blocks, (i + 1) * blocks)) for i in range(len(sequences))],
+        mamba_slots=list(range(len(sequences))), block_size=DISTILL_BLOCK_SIZE,
+    )
+    cache = HybridCache(engine_model.config, blocks * len(sequences), DISTILL_BLOCK_SIZE, len(sequences), torch.float32, include_mtp=include_mtp)
+    return batch, cache
+
+
+def _main_model_view(engine_model, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The main model's hidden states [N, L, hidden] and its greedy next tokens [N, L]."""
+    batch, cache = _prefill(engine_model, sequences, include_mtp=False)
+    with torch.no_grad():
+        hidden = engine_model(torch.tensor(sequences).flatten(), batch, cache)
+        next_tokens = engine_model.compute_logits(hidden).argmax(-1)
+    return hidden.view(len(sequences), -1, hidden.shape[-1]), next_tokens.view(len(sequences), -1)
+
+
+def _mtp_loss(engine_model, tokens, hidden, next_tokens, weight) -> torch.Tensor:
+    """Cross-entropy of the MTP draft at t (hidden at t, token t+1) against the main model's pick at t+1."""
+    batch, cache = _prefill(engine_model, tokens[:, 1:].tolist(), include_mtp=True)
+    mtp_hidden = engine_model.mtp_forward(tokens[:, 1:].flatten(), hidden[:, :-1].flatten(0, 1), batch, cache)
+    logits = engine_model.compute_logits(mtp_hidden)
+    losses = torch.nn.functional.cross_entropy(logits, next_tokens[:, 1:].flatten(), reduction="none")
+    return (losses * weight[:, :-1].flatten()).sum() / weight[:, :-1].sum()
+
+
+def _checkpoint_names(mtp_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Engine parameters back to checkpoint tensors: stacked experts split per expert, the rest as is."""
+    tensors = {}
+    for name, t in mtp_params.items():
+        prefix, _, leaf = name.rpartition(".")
+        if leaf in ("w_up", "w_down"):
+            proj = "up_proj" if leaf == "w_up" else "down_proj"
+            tensors |= {f"{prefix}.experts.{e}.{proj}.weight": t[e].clone() for e in range(t.shape[0])}
+        else:
+            tensors[name] = t.clone()
+    return tensors
+
+
+def distill_mtp_head(directory: Path, hf_model, seed: int) -> dict[str, torch.Tensor]:
+    """Train the `mtp.*` tensors of the checkpoint in `directory`; the main model stays fixed.
+
+    Why: a random MTP head never drafts a token the main model accepts, so speculative
+    decoding on the tiny model always reports an acceptance rate of 0 and exercises no
+    accepted-draft path outside oracle tests. Here the head learns, from the main model's own
+    greedy continuations of seeded random prompts, to predict at position t (main hidden at t,
+    token t+1) the main model's greedy pick after t+1. The real engine model is trained in
+    fp32 on one CPU thread with a fixed seed (a few seconds, deterministic); only the MTP
+    parameters take gradients. Returns the trained tensors under their checkpoint names.
+    """
+    from nemodeploy.engine.loader import load_model
+
+    gen = torch.Generator().manual_seed(seed + 3)
+    engine_model = load_model(directory, torch.float32)
+    sequences = _greedy_sequences(hf_model, gen, engine_model.config.vocab_size)
+    by_len: dict[int, list] = {}
+    for row, prompt_len in sequences:
+        by_len.setdefault(len(row), []).append((row, prompt_len))
+    groups = []
+    for rows in by_len.values():
+        tokens = torch.tensor([r for r, _ in rows])
+        hidden, next_tokens = _main_model_view(engine_model, tokens.tolist())
+        # drafts are made from the last prompt position on: weight those positions only
+        weight = torch.stack([(torch.arange(tokens.shape[1]) >= p - 1).float() for _, p in rows])
+        groups.append((tokens, hidden, next_tokens, weight))
+    params = dict(engine_model.mtp.named_parameters(prefix="mtp"))
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params.values(), lr=DISTILL_LR)
+    for step in range(DISTILL_STEPS):
+        tokens, hidden, next_tokens, weight = groups[step % len(groups)]
+        pick = torch.randperm(tokens.shape[0], generator=gen)[:DISTILL_BATCH]
+        loss = _mtp_loss(engine_model, tokens[pick], hidden[pick], next_tokens[pick], weight[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return _checkpoint_names({name: p.detach() for name, p in params.items()})
+
+
 def write_tokenizer(directory: Path, vocab_size: int) -> None:
     """Byte-level BPE trained on the built-in text (deterministic), plus tokenizer_config.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -134,9 +249,13 @@ def write_tokenizer(directory: Path, vocab_size: int) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def write_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model (config.json, model.safetensors with `mtp.*`, tokenizer) to `directory`."""
-    from safetensors.torch import load_file, save_file
+def write_tiny_checkpoint(directory: str | Path, seed: int = 0, distill_mtp: bool = False) -> Path:
+    """Write the tiny model (config.json, model.safetensors with `mtp.*`, tokenizer) to `directory`.
+
+    distill_mtp: train the MTP head against the main model (`distill_mtp_head`, a few seconds)
+    instead of leaving it random. The main model's weights are the same either way.
+    """
+    from safetensors.torch import load_file
     from transformers import NemotronHForCausalLM
 
     directory = Path(directory)
@@ -148,9 +267,32 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     with tempfile.TemporaryDirectory() as work:
         tensors = load_file(directory / "model.safetensors") | _mtp_tensors(spec, seed, Path(work))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, directory / "model.safetensors", metadata={"format": "pt"})
+    _save(directory, tensors)
+    if distill_mtp:
+        with _one_thread():
+            trained = distill_mtp_head(directory, model.eval(), seed)
+        if trained.keys() != {k for k in tensors if k.startswith("mtp.")}:
+            raise RuntimeError("distilled MTP tensors do not match the checkpoint's mtp.* names")
+        _save(directory, tensors | trained)
     write_tokenizer(directory, spec["vocab_size"])
     return directory
+
+
+def _save(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One intra-op thread while distilling: same float results on any machine, and no core hogging."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cache_root() -> Path:
@@ -162,18 +304,36 @@ def cache_root() -> Path:
 
 
 def tiny_model_dir() -> Path:
-    """The tiny model's directory in the cache, written on first use (atomically: temp dir, rename)."""
+    """The tiny model's directory in the cache, written on first use (atomically: temp dir, rename).
+
+    Its MTP head is distilled (see `distill_mtp_head`). A cached copy from before that (no
+    DISTILLED_MARKER) is replaced; its main-model weights are the same, only `mtp.*` differ.
+    """
     target = cache_root() / "models" / "nemotron-h-tiny"
-    if (target / "config.json").exists():
+    if (target / DISTILLED_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".nemotron-h-tiny-", dir=target.parent))
     try:
-        write_tiny_checkpoint(staging)
+        write_tiny_checkpoint(staging, distill_mtp=True)
+        (staging / DISTILLED_MARKER).write_text("MTP head distilled from the main model (nemodeploy.engine.tiny)\n")
+        _retire_stale(target)
         os.rename(staging, target)
     except OSError:
-        if not (target / "config.json").exists():  # not a lost race with another writer
+        if not (target / DISTILLED_MARKER).exists():  # not a lost race with another writer
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _retire_stale(target: Path) -> None:
+    """Move a cached tiny model without a distilled head out of the way (then delete it)."""
+    if not target.exists() or (target / DISTILLED_MARKER).exists():
+        return
+    retired = Path(tempfile.mkdtemp(prefix=".nemotron-h-tiny-stale-", dir=target.parent))
+    try:
+        os.rename(target, retired / "model")
+    except FileNotFoundError:  # another writer retired it first
+        pass
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Speculative decoding: verify accepts exactly the drafts the target agrees with, and the Mamba
 state rolled back after a rejection leaves the output identical to plain greedy decoding.
 
-The tiny model's MTP head is random, so its drafts are almost never right; to exercise
-acceptance and rollback, these tests swap each step's drafts for an oracle's (the
-reference continuation with every third draft corrupted). Everything else is the real engine.
+To exercise acceptance and rollback at chosen positions (a random or briefly distilled MTP
+head is right only now and then), these tests swap each step's drafts for an oracle's (the
+reference continuation with every third draft corrupted). Everything else is the real engine;
+tests/server/test_mtp_acceptance.py checks the real MTP head's drafts.
 """
 
 from __future__ import annotations
