@@ -92,7 +92,7 @@ def status_cluster_command(topology: Topology, as_json: bool) -> None:
         if status.engine:
             mark = "healthy" if status.engine.healthy else "UNHEALTHY"
             click.echo(f"engine {status.engine.kind}: {mark} ({status.engine.health_url}: {status.engine.detail})")
-    if not status.all_alive:
+    if not status.all_alive or (status.engine is not None and not status.engine.healthy):
         raise SystemExit(EXIT_FAILED)
 
 
