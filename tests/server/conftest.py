@@ -3,6 +3,7 @@ and transformers' NemotronH as the greedy reference."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -75,6 +76,20 @@ class RunningServer:
                 reason = s.labels.get("finished_reason")
                 samples[f'{s.name}{{finished_reason="{reason}"}}' if reason else s.name] = s.value
         return samples
+
+    def greedy_completions(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy /v1/completions of every prompt, sent all at once, texts in prompt order."""
+        async def complete_all() -> list[str]:
+            async with httpx.AsyncClient(timeout=300) as client:
+                async def one(prompt: list[int]) -> str:
+                    body = {"model": self.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                            "ignore_eos": True}
+                    r = await client.post(f"{self.url}/v1/completions", json=body)
+                    r.raise_for_status()
+                    return r.json()["choices"][0]["text"]
+                return await asyncio.gather(*(one(p) for p in prompts))
+
+        return asyncio.run(complete_all())
 
     def wait_idle(self, timeout: float = 30.0) -> dict[str, float]:
         """Metrics once every KV block and Mamba slot is free again (or the last seen on timeout)."""

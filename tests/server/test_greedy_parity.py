@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import httpx
 import pytest
@@ -27,16 +26,6 @@ def _complete(url: str, model: str, prompt: list[int]) -> tuple[list[int], str]:
     return r.json()["choices"][0]["text"], r.json()["choices"][0]["finish_reason"]
 
 
-async def _complete_all(url: str, model: str, prompts: list[list[int]]) -> list[str]:
-    async with httpx.AsyncClient(timeout=300) as client:
-        async def one(prompt):
-            body = {"model": model, "prompt": prompt, "max_tokens": N, "temperature": 0, "ignore_eos": True}
-            r = await client.post(f"{url}/v1/completions", json=body)
-            r.raise_for_status()
-            return r.json()["choices"][0]["text"]
-        return await asyncio.gather(*(one(p) for p in prompts))
-
-
 def _decode(model_dir, ids: list[int]) -> str:
     from nemodeploy.engine.tokenizer import Tokenizer
 
@@ -59,7 +48,7 @@ def test_eight_concurrent_requests_with_chunked_prefill_equal_transformers(
     """Requests join and leave the batch at different steps; prompts are split into 16-token chunks."""
     config = _config(latent_dir, max_num_batched_tokens=16, speculative_tokens=speculative_tokens)
     with start_server(config) as srv:
-        texts = asyncio.run(_complete_all(srv.url, srv.model_name, PROMPTS))
+        texts = srv.greedy_completions(PROMPTS, N)
         metrics = srv.wait_idle()
     for prompt, text in zip(PROMPTS, texts):
         assert text == _decode(latent_dir, greedy_reference(latent_dir, prompt, N))

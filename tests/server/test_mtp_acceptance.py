@@ -7,9 +7,7 @@ greedy text stays exactly that of plain decoding.
 
 from __future__ import annotations
 
-import asyncio
 
-import httpx
 import pytest
 
 from nemodeploy.engine.config import EngineConfig
@@ -28,19 +26,9 @@ def _config(model_dir, speculative_tokens: int) -> EngineConfig:
                         speculative_tokens=speculative_tokens)
 
 
-async def _greedy_texts(url: str, model: str) -> list[str]:
-    async with httpx.AsyncClient(timeout=300) as client:
-        async def one(prompt):
-            body = {"model": model, "prompt": prompt, "max_tokens": N, "temperature": 0, "ignore_eos": True}
-            r = await client.post(f"{url}/v1/completions", json=body)
-            r.raise_for_status()
-            return r.json()["choices"][0]["text"]
-        return await asyncio.gather(*(one(p) for p in PROMPTS))
-
-
 def _serve_greedy(start_server, model_dir, speculative_tokens: int) -> tuple[list[str], dict[str, float]]:
     with start_server(_config(model_dir, speculative_tokens)) as srv:
-        texts = asyncio.run(_greedy_texts(srv.url, srv.model_name))
+        texts = srv.greedy_completions(PROMPTS, N)
         return texts, srv.wait_idle()
 
 
