@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nemodeploy.models.accounting import account, weight_bytes
+from nemodeploy.models.accounting import account, kv_bytes_per_token, mamba_state_bytes_per_sequence, weight_bytes
 from nemodeploy.models.config import ConfigError, NemotronHConfig
 from nemodeploy.models.specs import resolve_model
 from nemodeploy.plan import layout as layouts
 from nemodeploy.plan.estimate import INTRA_NODE_LATENCY_S, Links, estimate
 from nemodeploy.plan.memory import Budget, budget, kv_heads_per_rank, layer_bytes, mamba_groups_per_rank
 from nemodeploy.plan.precision import DTYPE_BYTES, ComputePath, compute_path, kv_dtype
-from nemodeploy.plan.types import human_bytes
-from nemodeploy.plan.types import Alternative, ModelSummary, Parallel, Plan, PrecisionPath
+from nemodeploy.plan.types import Alternative, Estimate, ModelSummary, Parallel, Plan, PrecisionPath, human_bytes
 from nemodeploy.topology.catalog import ACCELERATORS, NETWORKS, Accelerator, Network
 from nemodeploy.topology.schema import Topology
 
@@ -39,7 +38,12 @@ class _Candidate:
     layout: layouts.Layout
     stages: list
     budget: Budget
-    decode_tokens_per_s: float
+    estimate: Estimate
+    link_warnings: list[str]
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.estimate.decode_tokens_per_s_total
 
     @property
     def meets_target(self) -> bool:
@@ -176,8 +180,10 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
             act_dtype=act_dtype, target_context=serving.max_context, target_concurrency=serving.concurrency,
             max_batched_tokens=serving.max_batched_tokens, spec_tokens=serving.speculative_tokens,
         )
-        speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, [], serving)
-        evaluated.append(_Candidate(layout, stages, b, speed.decode_tokens_per_s_total))
+        link_warnings: list[str] = []
+        speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, link_warnings,
+                          serving)
+        evaluated.append(_Candidate(layout, stages, b, speed, link_warnings))
 
     best = max(evaluated, key=_preference)
     layout, b = best.layout, best.budget
@@ -189,7 +195,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
             f"{human_bytes(total_weight_bytes)} of {path.weights} weights do not fit in {world} x {accel.name} "
             f"({human_bytes(mem.capacity * world)}, {human_bytes(total_usable)} usable): even the best layout "
             f"(tp {layout.tp}, pp {layout.pp}, ep {layout.ep}) needs {human_bytes(mem.weights)} of weights plus "
-            f"{human_bytes((mem.activations + mem.cuda_graphs))} of activations on a {human_bytes(mem.usable)} budget per device"
+            f"{human_bytes(mem.activations + mem.cuda_graphs)} of activations on a {human_bytes(mem.usable)} budget per device"
         )
     elif best.meets_target:
         verdict = "fits"
@@ -202,7 +208,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         verdict = "tight"
         reason = (
             f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name} leave "
-            f"{human_bytes((mem.usable - mem.weights - mem.activations - mem.cuda_graphs))} per GPU for caches: "
+            f"{human_bytes(mem.usable - mem.weights - mem.activations - mem.cuda_graphs)} per GPU for caches: "
             f"{cap.sequences_at_target_context} sequences of {serving.max_context:,} tokens (target {serving.concurrency}); "
             f"{serving.concurrency} sequences get {cap.context_at_target_concurrency:,} tokens each"
         )
@@ -210,9 +216,8 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
     used = layout.replica_size * layout.dp
     if used < world:
         warnings.append(f"the fixed parallel sizes use {used} of the {world} devices (the first in node order)")
-    links_warnings: list[str] = []
-    speed = _estimate(config, layout, best.stages, lb, accel, path, topology, per_node, b, act_dtype, links_warnings, serving) if best.serves else None
-    warnings += links_warnings
+    if best.serves:
+        warnings += best.link_warnings
     alternatives = _alternatives(topology, accel, per_node) if with_alternatives and verdict == "infeasible" else []
     return Plan(
         **plan_base, verdict=verdict, reason=reason,
@@ -225,7 +230,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
             experts_per_rank=config.n_routed_experts // (layout.ep if layout.ep > 1 else 1),
         ),
         stages=best.stages, ranks=layouts.place_ranks(topology, layout), memory=mem, capacity=cap,
-        cache=b.cache if best.serves else None, estimate=speed, warnings=warnings, alternatives=alternatives,
+        cache=b.cache if best.serves else None, estimate=best.estimate if best.serves else None, warnings=warnings, alternatives=alternatives,
     )
 
 
@@ -255,16 +260,12 @@ def _estimate(config, layout, stages, lb, accel, path: ComputePath, topology: To
 
 
 def _kv_per_token(config: NemotronHConfig, kv: str) -> int:
-    from nemodeploy.models.accounting import kv_bytes_per_token
-
-    return kv_bytes_per_token(config, DTYPE_BYTES[kv])
+    return int(kv_bytes_per_token(config, DTYPE_BYTES[kv]))
 
 
 def _mamba_per_seq(config: NemotronHConfig, act_dtype: str) -> int:
-    from nemodeploy.models.accounting import mamba_state_bytes_per_sequence
-
     ssm = DTYPE_BYTES["fp32" if config.mamba_ssm_cache_dtype == "float32" else "bf16"]
-    return mamba_state_bytes_per_sequence(config, ssm_dtype_bytes=ssm, conv_dtype_bytes=DTYPE_BYTES[act_dtype])
+    return int(mamba_state_bytes_per_sequence(config, ssm_dtype_bytes=ssm, conv_dtype_bytes=DTYPE_BYTES[act_dtype]))
 
 
 def _layout_warnings(config: NemotronHConfig, layout: layouts.Layout, per_node: int, topology: Topology) -> list[str]:
