@@ -27,13 +27,7 @@ import httpx
 import psutil
 
 from nemodeploy.engine.config import EngineConfig
-
-
-def cache_dir() -> Path:
-    if os.environ.get("NEMODEPLOY_CACHE"):
-        return Path(os.environ["NEMODEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nemodeploy"
+from nemodeploy.paths import cache_dir
 
 
 def deployments_dir() -> Path:

@@ -1,21 +1,17 @@
 """What `up` started, kept on disk so that `down`, `status` and `logs` act on exactly that.
 
-One JSON file per topology name under $NEMODEPLOY_CACHE (default ~/.cache/nemodeploy)/clusters/.
+One JSON file per topology name under the cache directory (nemodeploy.paths.cache_dir)/clusters/.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nemodeploy.cluster.errors import ClusterError
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NEMODEPLOY_CACHE") or Path.home() / ".cache" / "nemodeploy")
+from nemodeploy.paths import cache_dir
 
 
 @dataclass

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nemodeploy.cluster.errors import ClusterError
-from nemodeploy.cluster.state import cache_dir
+from nemodeploy.paths import cache_dir
 
 SSHD = "/usr/sbin/sshd"
 DEFAULT_SUBNET = "10.213.0.0/24"

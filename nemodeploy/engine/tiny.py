@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from nemodeploy.paths import cache_dir
+
 SPEC = Path(__file__).resolve().parent.parent / "models" / "specs" / "nemotron-h-tiny.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
 
@@ -295,21 +297,13 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def cache_root() -> Path:
-    if os.environ.get("NEMODEPLOY_CACHE"):
-        return Path(os.environ["NEMODEPLOY_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "nemodeploy"
-    return Path.home() / ".cache" / "nemodeploy"
-
-
 def tiny_model_dir() -> Path:
     """The tiny model's directory in the cache, written on first use (atomically: temp dir, rename).
 
     Its MTP head is distilled (see `distill_mtp_head`). A cached copy from before that (no
     DISTILLED_MARKER) is replaced; its main-model weights are the same, only `mtp.*` differ.
     """
-    target = cache_root() / "models" / "nemotron-h-tiny"
+    target = cache_dir() / "models" / "nemotron-h-tiny"
     if (target / DISTILLED_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
