@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from nemodeploy.backends.embedded import free_port
 from nemodeploy.engine.config import EngineConfig
+from nemodeploy.net import free_port
 
 WORDS = "the quick brown fox jumps over the lazy dog a hybrid model mixes state space layers with attention".split()
 

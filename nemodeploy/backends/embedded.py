@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import psutil
 
 from nemodeploy.engine.config import EngineConfig
+from nemodeploy.net import free_port
 from nemodeploy.paths import cache_dir
 
 
@@ -131,12 +131,6 @@ def stop(dep: LocalDeployment, timeout: float = 15.0) -> bool:
     state_file(dep.name).unlink(missing_ok=True)
     Path(dep.config).unlink(missing_ok=True)
     return was_running
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def curl_line(endpoint: str, model: str, api_key: str | None) -> str:

@@ -15,7 +15,6 @@ will never complete: the executor is done for, and `shutdown` kills them all.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -26,6 +25,7 @@ from nemodeploy.engine.config import EngineConfig
 from nemodeploy.engine.executor import Executor, StepResult
 from nemodeploy.engine.model.parallel import ParallelConfig
 from nemodeploy.engine.scheduler import SchedulerOutput
+from nemodeploy.net import free_port
 
 NO_PIPELINE = "pipeline parallel is not implemented in the embedded engine; use tp/ep or the vllm engine"
 
@@ -49,9 +49,7 @@ class RankWorker:
         return ray.util.get_node_ip_address()
 
     def free_port(self) -> int:
-        with socket.socket() as s:
-            s.bind((self.node_ip(), 0))
-            return s.getsockname()[1]
+        return free_port(self.node_ip())
 
     def start(self, config: dict, parallel: ParallelConfig, rank: int, init_method: str, env: Mapping[str, str],
               num_threads: int) -> dict[str, int]:

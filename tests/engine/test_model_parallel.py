@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 from model_harness import Runner, prompt
 from nemodeploy.engine.loader import load_model
 from nemodeploy.engine.model.parallel import ParallelConfig
+from nemodeploy.net import free_port
 
 CASES = [
     ("latent_g2_kv2", ParallelConfig(tp_rank=0, tp_size=2)),  # KV heads and groups sharded
@@ -44,17 +44,11 @@ def _worker(rank: int, port: int, cases, results) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensor_and_expert_parallel_match_single_process(reference):
     cases = [(str(reference(variant)[0]), p) for variant, p in CASES]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), cases, results), nprocs=2, join=True)
+        mp.spawn(_worker, args=(free_port(), cases, results), nprocs=2, join=True)
         results = dict(results)
     for i, (directory, _) in enumerate(cases):
         expected = _logits(directory, ParallelConfig())

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import torch
 
-from nemodeploy.backends.embedded import free_port
 from nemodeploy.engine.config import EngineConfig
 from nemodeploy.engine.server import build_app
 from nemodeploy.engine.tiny import SPEC, randomize_, tiny_model_dir, write_tokenizer
+from nemodeploy.net import free_port
 
 
 @pytest.fixture(scope="session")
