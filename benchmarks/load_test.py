@@ -97,7 +97,7 @@ def start_server(config: EngineConfig, port: int, workdir: Path) -> subprocess.P
     config_path = workdir / "engine.json"
     config_path.write_text(json.dumps(config.to_dict()))
     log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "nemodeploy.engine.cli", "--config", str(config_path),
+    proc = subprocess.Popen([sys.executable, "-m", "nemodeploy.cli", "serve", "--config", str(config_path),
                              "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -167,12 +167,13 @@ def _app(spec: dict, api_key: str | None):
     from nemodeploy.engine.async_engine import AsyncEngine
     from nemodeploy.engine.config import EngineConfig
     from nemodeploy.engine.core import LLMEngine
-    from nemodeploy.engine.ray_executor import EngineWorkerError, RayExecutor
+    from nemodeploy.cluster.placement import rank_placement_group
+    from nemodeploy.engine.ray_executor import EngineWorkerError, RayExecutor, rank_resources
     from nemodeploy.engine.server import Server, create_app
 
     config = EngineConfig.from_dict(spec["config"])
-    executor = RayExecutor(config, spec["tp_size"], spec["ep_size"], node_ips=spec["rank_nodes"],
-                           env=spec["rank_env"])
+    group = rank_placement_group(spec["rank_nodes"], rank_resources(config), timeout_s=120.0)
+    executor = RayExecutor(config, spec["tp_size"], spec["ep_size"], placement_group=group, env=spec["rank_env"])
     try:
         engine = LLMEngine(config, executor=executor)
     except BaseException:

@@ -71,7 +71,7 @@ def state_file(name: str) -> Path:
 
 
 def serve_command(config_path: Path, host: str, port: int, api_key: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "nemodeploy.engine.cli", "--config", str(config_path), "--host", host,
+    cmd = [sys.executable, "-m", "nemodeploy.cli", "serve", "--config", str(config_path), "--host", host,
            "--port", str(port)]
     return cmd + (["--api-key", api_key] if api_key else [])
 

@@ -71,30 +71,37 @@ class RankWorker:
         return self.runner.execute(step)
 
 
+def rank_resources(config: EngineConfig) -> dict[str, float]:
+    """What one rank's bundle holds: a GPU for a CUDA engine, a CPU otherwise."""
+    return {"GPU": 1} if config.device.startswith("cuda") else {"CPU": 1}
+
+
 class RayExecutor(Executor):
     """`world_size = max(tp_size, ep_size)` ranks on a Ray cluster this process is connected to (`ray.init`).
 
-    `node_ips` (one per rank, e.g. a plan's rank addresses) pins each rank to its node;
-    without it the ranks are packed wherever the cluster has room. `env` is set in every
+    `placement_group` (ready, bundle i for rank i, e.g. pinned to a plan's nodes by the
+    caller) decides where the ranks run, and the executor owns it from then on (`shutdown`
+    removes it); without one the ranks are packed wherever the cluster has room. `env` is set in every
     rank before the process group starts (e.g. GLOO_SOCKET_IFNAME), one mapping for all
     ranks or one per rank; without it the ranks keep the environment their raylet gave them.
     """
 
     def __init__(self, config: EngineConfig, tp_size: int = 1, ep_size: int = 1, pp_size: int = 1,
-                 node_ips: Sequence[str] | None = None,
+                 placement_group=None,
                  env: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
                  start_timeout_s: float = 120.0):
         if pp_size > 1:
             raise ValueError(NO_PIPELINE)
         world = ParallelConfig(tp_size=tp_size, ep_size=ep_size).world_size  # validates the sizes
-        if node_ips is not None and len(node_ips) != world:
-            raise ValueError(f"{len(node_ips)} node IPs for {world} ranks (tp_size {tp_size}, ep_size {ep_size})")
+        if placement_group is not None and placement_group.bundle_count != world:
+            raise ValueError(f"a placement group of {placement_group.bundle_count} bundles for {world} ranks "
+                             f"(tp_size {tp_size}, ep_size {ep_size})")
         envs = [dict(env or {})] * world if env is None or isinstance(env, Mapping) else [dict(e) for e in env]
         if len(envs) != world:
             raise ValueError(f"{len(envs)} rank environments for {world} ranks")
         self.config, self.world_size = config, world
         gpu = config.device.startswith("cuda")
-        self.group = self._placement_group(world, {"GPU": 1} if gpu else {"CPU": 1}, node_ips, start_timeout_s)
+        self.group = placement_group or self._packed_group(world, rank_resources(config), start_timeout_s)
         self.workers = [self._worker(rank, gpu) for rank in range(world)]
         self.nodes = ray.get([w.node_ip.remote() for w in self.workers], timeout=start_timeout_s)
         port = ray.get(self.workers[0].free_port.remote(), timeout=start_timeout_s)
@@ -117,13 +124,9 @@ class RayExecutor(Executor):
         self._cache_info = infos[0]
 
     @staticmethod
-    def _placement_group(world: int, per_rank: dict[str, float], node_ips: Sequence[str] | None, timeout_s: float):
+    def _packed_group(world: int, per_rank: dict[str, float], timeout_s: float):
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        if node_ips is not None:
-            from nemodeploy.cluster.placement import rank_placement_group
-
-            return rank_placement_group(node_ips, per_rank, timeout_s=timeout_s)
         group = placement_group([dict(per_rank) for _ in range(world)], strategy="PACK")
         try:
             ray.get(group.ready(), timeout=timeout_s)

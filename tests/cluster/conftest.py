@@ -34,11 +34,17 @@ def cluster_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def testbed(cluster_cache):
-    """Three hosts h1..h3 on 10.213.0.0/24 (bridge ndtbr), torn down at the end of the session."""
+    """Three hosts h1..h3 on 10.213.0.0/24 (bridge ndtbr), torn down at the end of the session.
+
+    NEMODEPLOY_TESTBED and NEMODEPLOY_TESTBED_SUBNET give another name and subnet, so that two test
+    runs on one machine do not take each other's bridge.
+    """
     reason = testhosts.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with testhosts.test_hosts(3) as bed:
+    name = os.environ.get("NEMODEPLOY_TESTBED", testhosts.DEFAULT_BED)
+    subnet = os.environ.get("NEMODEPLOY_TESTBED_SUBNET", testhosts.DEFAULT_SUBNET)
+    with testhosts.test_hosts(3, name=name, subnet=subnet) as bed:
         yield bed
 
 

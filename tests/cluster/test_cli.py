@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from nemodeploy.cluster import testhosts
-from nemodeploy.cluster import cli as cluster_cli
+from nemodeploy.cli import cluster as cluster_cli
 from nemodeploy.topology.loader import loads
 
 pytestmark = pytest.mark.netns

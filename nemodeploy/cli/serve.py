@@ -60,6 +60,3 @@ def serve(model, config_file, host, port, api_key, **overrides):
     config = build_config(model, config_file, overrides)
     embedded.run_local(config, host, port, api_key, detach=False)
 
-
-if __name__ == "__main__":
-    serve()

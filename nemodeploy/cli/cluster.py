@@ -14,14 +14,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nemodeploy.cli import EXIT_BAD_INPUT, fail, load_topology
+from nemodeploy.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, fail, load_topology
 from nemodeploy.cluster import testhosts as hosts
 from nemodeploy.cluster.errors import ClusterError
 from nemodeploy.cluster.lifecycle import cluster_status, down_cluster, fetch_logs, up_cluster
 from nemodeploy.cluster.ssh import KNOWN_HOSTS_ENV
 from nemodeploy.topology.schema import Topology
 
-EXIT_FAILED = 1
 T = TypeVar("T")
 
 

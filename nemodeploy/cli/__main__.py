@@ -1,0 +1,3 @@
+from nemodeploy.cli import main
+
+main()
