@@ -25,6 +25,9 @@ _ENGINE_OPTIONS = [
     ("--thinking-budget", int, "Default reasoning tokens before </think> is forced."),
     ("--served-model-name", str, "Model name on the API (default: the directory name)."),
     ("--default-thinking", bool, "Thinking on / off for chat requests that do not say (default: the template's)."),
+    ("--prefix-caching", bool, "Share KV pages and Mamba checkpoints between requests with a common prefix."),
+    ("--mamba-checkpoint-interval", int, "Tokens between Mamba state checkpoints (prefix caching)."),
+    ("--num-mamba-checkpoints", int, "Mamba states kept for cached prefixes (prefix caching)."),
 ]
 
 

@@ -10,6 +10,10 @@ sequence's row in the verify batch). The slot itself ends at the state after all
 `commit(mamba_slots, num_kept)` then rolls each slot back to the state after its
 `num_kept` tokens (the verified input token plus the accepted drafts), before the next
 forward. Rejected attention KV needs no rollback: those positions are rewritten later.
+
+Prefix caching keeps Mamba states of cached prefixes in `num_checkpoints` more conv / SSM
+entries per layer (the same shapes as a slot): `save_checkpoint` copies a slot's state into
+one, `restore_checkpoint` copies one into the slot of a request that resumes there.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class HybridCache:
         include_mtp: bool = False,
         num_spec_tokens: int = 0,
         max_spec_seqs: int = 0,
+        num_checkpoints: int = 0,
     ) -> None:
         self.block_size = block_size
         kv_shape = (num_kv_blocks, block_size, local_kv_heads(config, parallel), config.head_dim)
@@ -101,6 +106,18 @@ class HybridCache:
         spec = (max_spec_seqs, num_spec_tokens + 1) if num_spec_tokens else (0, 0)
         self.spec_conv = {k: torch.zeros((*spec, *conv_shape), dtype=dtype, device=device) for k in self.conv}
         self.spec_ssm = {k: torch.zeros((*spec, *ssm_shape), dtype=ssm_dtype(config), device=device) for k in self.ssm}
+        self.ckpt_conv = {k: torch.zeros((num_checkpoints, *conv_shape), dtype=dtype, device=device) for k in self.conv}
+        self.ckpt_ssm = {k: torch.zeros((num_checkpoints, *ssm_shape), dtype=ssm_dtype(config), device=device) for k in self.ssm}
+
+    def save_checkpoint(self, slot: int, index: int) -> None:
+        for key in self.conv:
+            self.ckpt_conv[key][index] = self.conv[key][slot]
+            self.ckpt_ssm[key][index] = self.ssm[key][slot]
+
+    def restore_checkpoint(self, index: int, slot: int) -> None:
+        for key in self.conv:
+            self.conv[key][slot] = self.ckpt_conv[key][index]
+            self.ssm[key][slot] = self.ckpt_ssm[key][index]
 
     def commit(self, mamba_slots: torch.Tensor, num_kept: torch.Tensor) -> None:
         """After a verify step: set each slot to its state after `num_kept` (>= 1) of its k+1 tokens.

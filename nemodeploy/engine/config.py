@@ -27,6 +27,9 @@ class EngineConfig:
     default_thinking: bool | None = None  # chat requests that don't say: thinking on / off (None: the template's default)
     served_model_name: str | None = None  # name on /v1/models; defaults to the directory name
     seed: int = 0  # for sampling requests that give no seed
+    prefix_caching: bool = False  # share KV pages and Mamba checkpoints between requests with a common prefix
+    mamba_checkpoint_interval: int = 256  # tokens between Mamba state checkpoints (a multiple of block_size)
+    num_mamba_checkpoints: int = 32  # Mamba states kept for cached prefixes (each costs one slot's bytes)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.num_kv_blocks < 1:
@@ -39,6 +42,12 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must fit one decode step (1 + speculative_tokens)")
         if self.max_queue < 0:
             raise ValueError("max_queue must be non-negative")
+        if self.prefix_caching and (self.mamba_checkpoint_interval < self.block_size
+                                    or self.mamba_checkpoint_interval % self.block_size):
+            raise ValueError(f"mamba_checkpoint_interval ({self.mamba_checkpoint_interval}) must be a multiple of "
+                             f"block_size ({self.block_size})")
+        if self.num_mamba_checkpoints < 0:
+            raise ValueError("num_mamba_checkpoints must be non-negative")
         self.max_num_seqs = min(self.max_num_seqs, self.num_mamba_slots)
 
     def to_dict(self) -> dict[str, Any]:

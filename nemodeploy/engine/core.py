@@ -24,6 +24,7 @@ class LLMEngine:
         if (allocated["num_kv_blocks"], allocated["num_mamba_slots"]) != (config.num_kv_blocks, config.num_mamba_slots):
             raise ValueError(f"the executor allocated {allocated}, the scheduler would hand out "
                              f"{config.num_kv_blocks} KV blocks and {config.num_mamba_slots} Mamba slots")
+        self.checkpoint_bytes = allocated.get("checkpoint_bytes", 0)
         self.scheduler = Scheduler(config)
         self._seeds = random.Random(config.seed)
         self._seqs: dict[str, Sequence] = {}
@@ -165,4 +166,9 @@ class LLMEngine:
             spec_decode_num_draft_tokens=self.draft_tokens_total,
             spec_decode_num_accepted_tokens=self.accepted_tokens_total,
             requests_finished_total=dict(self.finished_total),
+            prefix_cache_queries=s.prefix_queries,
+            prefix_cache_hits=s.prefix_hits,
+            mamba_checkpoints_used=s.checkpoints.num_used,
+            mamba_checkpoints_total=s.checkpoints.num_checkpoints,
+            mamba_checkpoint_bytes=self.checkpoint_bytes,
         )

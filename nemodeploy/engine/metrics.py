@@ -46,6 +46,17 @@ class EngineCollector:
         drafted, accepted = s.spec_decode_num_draft_tokens, s.spec_decode_num_accepted_tokens
         rate = accepted / drafted if drafted else 0.0
         yield self._gauge("nemodeploy:spec_decode_acceptance_rate", "Accepted / drafted MTP tokens.", rate)
+        yield self._counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                            s.prefix_cache_queries)
+        yield self._counter("vllm:prefix_cache_hits", "Prompt tokens resumed from the prefix cache.",
+                            s.prefix_cache_hits)
+        hit_rate = s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0
+        yield self._gauge("nemodeploy:prefix_cache_hit_rate", "Prefix cache hits / queries, in tokens.", hit_rate)
+        yield self._gauge("nemodeploy:mamba_checkpoints_used", "Mamba state checkpoints holding a cached prefix.",
+                          s.mamba_checkpoints_used)
+        yield self._gauge("nemodeploy:mamba_checkpoints_total", "Mamba state checkpoints.", s.mamba_checkpoints_total)
+        yield self._gauge("nemodeploy:mamba_checkpoint_bytes", "Device memory of the Mamba checkpoints (one rank).",
+                          s.mamba_checkpoint_bytes)
         done = CounterMetricFamily("vllm:request_success", "Finished requests by reason.",
                                    labels=["model_name", "finished_reason"])
         for reason in ("stop", "length", "abort"):

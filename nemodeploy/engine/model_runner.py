@@ -41,7 +41,8 @@ class ModelRunner:
                              "speculative decoding needs one; use speculative_tokens 0")
         self.cache = HybridCache(self.model.config, config.num_kv_blocks, config.block_size, config.num_mamba_slots,
                                  self.dtype, self.device, parallel, include_mtp=self.k > 0,
-                                 num_spec_tokens=self.k, max_spec_seqs=config.max_num_seqs if self.k else 0)
+                                 num_spec_tokens=self.k, max_spec_seqs=config.max_num_seqs if self.k else 0,
+                                 num_checkpoints=config.num_mamba_checkpoints if config.prefix_caching else 0)
         self.parallel = parallel
         self._generators: dict[str, torch.Generator] = {}
 
@@ -54,6 +55,8 @@ class ModelRunner:
             "kv_bytes": c.num_kv_blocks * kv_bytes_per_block(self.model.config, c.block_size, self.dtype,
                                                              self.parallel, include_mtp=self.k > 0),
             "mamba_bytes": c.num_mamba_slots * mamba_bytes_per_slot(self.model.config, self.dtype, self.parallel),
+            "checkpoint_bytes": (c.num_mamba_checkpoints if c.prefix_caching else 0)
+            * mamba_bytes_per_slot(self.model.config, self.dtype, self.parallel),
         }
 
     def _is_recurrent(self, chunk: SeqChunk) -> bool:
@@ -85,6 +88,9 @@ class ModelRunner:
             return {}
         recurrent = [c for c in step.chunks if self._is_recurrent(c)]
         chunks = recurrent + [c for c in step.chunks if not self._is_recurrent(c)]
+        for c in chunks:
+            if c.restore_checkpoint is not None:
+                self.cache.restore_checkpoint(c.restore_checkpoint, c.slot)
         batch = self._batch(chunks, len(recurrent))
         input_ids = torch.tensor([t for c in chunks for t in c.token_ids], dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, batch, self.cache)
@@ -110,6 +116,9 @@ class ModelRunner:
             self.cache.commit(batch.mamba_slots[: len(recurrent)], torch.tensor(kept, device=self.device))
         if self.k:
             self._draft(chunks, starts, input_ids, hidden, batch, results)
+        for c in chunks:
+            if c.save_checkpoint is not None:
+                self.cache.save_checkpoint(c.slot, c.save_checkpoint)
         return results
 
     def _draft(self, chunks: list[SeqChunk], starts: list[int], input_ids: torch.Tensor, hidden: torch.Tensor,

@@ -83,3 +83,8 @@ class EngineStats:
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
     requests_finished_total: dict[str, int] = field(default_factory=dict)
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens resumed from the cache instead of computed
+    mamba_checkpoints_used: int = 0
+    mamba_checkpoints_total: int = 0
+    mamba_checkpoint_bytes: int = 0  # device memory of the checkpoints on one rank

@@ -8,6 +8,11 @@ blocks for its whole prompt are free, so a prefill never stalls half-way. When a
 running sequence cannot get a block, the newest running sequence is preempted: its blocks and
 slot go back and it is recomputed later from its tokens (prompt + output so far).
 
+With prefix caching (see block_manager), an admitted request first takes the longest
+cached prefix that ends at a Mamba checkpoint and starts computing after it; prefill
+chunks are cut at every checkpoint boundary (a multiple of mamba_checkpoint_interval),
+and a chunk that ends on one writes the Mamba state there into a checkpoint.
+
 The step's decision (`SchedulerOutput`) is plain data, so an executor can send the
 same one to every rank.
 """
@@ -18,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from nemodeploy.engine.block_manager import BlockAllocator, MambaSlotPool
+from nemodeploy.engine.block_manager import BlockAllocator, CheckpointPool, Hash, MambaSlotPool, chain_hashes
 from nemodeploy.engine.config import EngineConfig
 from nemodeploy.engine.protocol import GenerationRequest, QueueFull, RequestTooLong, SamplingParams
 
@@ -45,6 +50,9 @@ class Sequence:
         self.thinking = request.thinking  # inside an open thinking section
         self.reasoning_tokens = 0
         self.status = Status.WAITING
+        self.block_hashes: list[Hash] = []  # prefix hashes of the leading full blocks (prefix caching)
+        self.num_registered = 0  # leading blocks registered in the prefix cache
+        self.saving: tuple[Hash, int] | None = None  # the checkpoint this step writes, published after it
 
     @property
     def num_output(self) -> int:
@@ -82,6 +90,8 @@ class SeqChunk:
     max_new: int  # keep at most this many tokens (max_tokens / thinking budget left); the rest rolls back
     sampling: SamplingParams
     seed: int
+    restore_checkpoint: int | None = None  # copy this Mamba checkpoint into the slot before the step
+    save_checkpoint: int | None = None  # copy the slot's state into this checkpoint after the step
 
 
 @dataclass
@@ -95,6 +105,9 @@ class Scheduler:
         self.config = config
         self.blocks = BlockAllocator(config.num_kv_blocks, config.block_size)
         self.slots = MambaSlotPool(config.num_mamba_slots)
+        self.checkpoints = CheckpointPool(config.num_mamba_checkpoints if config.prefix_caching else 0)
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of those, tokens found (not computed again)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._released: list[str] = []
@@ -134,12 +147,15 @@ class Scheduler:
         if seq.slot is not None:
             self.slots.release(seq.slot)
             seq.slot = None
+        if seq.saving is not None:
+            self.checkpoints.cancel(seq.saving[1])
+            seq.saving = None
         self._released.append(seq.request_id)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._release(seq)
-        seq.num_computed = 0
+        seq.num_computed = seq.num_registered = 0
         seq.drafts = []
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
@@ -161,12 +177,14 @@ class Scheduler:
         while self.waiting and budget > 0 and self._can_admit(self.waiting[0]):
             seq = self.waiting.popleft()
             seq.slot = self.slots.acquire()
-            n = min(seq.pending, budget)
+            restore = self._resume_from_cache(seq) if self.config.prefix_caching else None
+            n = self._cut(seq, min(seq.pending, budget))
             # the whole prompt up front, so the prefill never waits for blocks half-way
             self.blocks.grow(seq.block_table, max(len(seq.token_ids), self._blocks_needed(seq, n, 0)))
             seq.status = Status.RUNNING
             self.running.append(seq)
             chunk = self._chunk(seq, n, drafts=[])
+            chunk.restore_checkpoint = restore
             out.chunks.append(chunk)
             budget -= len(chunk.token_ids)
         out.released, self._released = self._released, []
@@ -181,7 +199,7 @@ class Scheduler:
 
     def _running_chunk(self, seq: Sequence, budget: int) -> SeqChunk | None:
         if seq.pending > 1:  # prefilling, recomputing, or a token the engine forced in
-            n, drafts = min(seq.pending, budget), []
+            n, drafts = self._cut(seq, min(seq.pending, budget)), []
         else:  # verify all drafts or none: the model runs verify rows with one common length
             n, drafts = 1, seq.drafts if len(seq.drafts) < budget else []
         need = self._blocks_needed(seq, n, len(drafts))
@@ -204,6 +222,59 @@ class Scheduler:
             need += self.config.speculative_tokens
         return need
 
+    # -- prefix caching ------------------------------------------------------
+
+    def _resume_from_cache(self, seq: Sequence) -> int | None:
+        """Share the longest cached prefix that ends at a Mamba checkpoint; the checkpoint to restore.
+
+        At least the last token is computed again: its logits give the next token.
+        """
+        bs, per = self.config.block_size, self.config.mamba_checkpoint_interval // self.config.block_size
+        usable = (len(seq.token_ids) - 1) // bs
+        chain_hashes(seq.token_ids, usable * bs, bs, seq.block_hashes)
+        blocks = self.blocks.cached_prefix(seq.block_hashes[:usable])
+        self.prefix_queries += len(seq.token_ids)
+        for k in range(len(blocks) // per, 0, -1):
+            index = self.checkpoints.find(seq.block_hashes[k * per - 1])
+            if index is not None:
+                self.blocks.share(seq.block_table, blocks[: k * per])
+                seq.num_computed = k * per * bs
+                self.prefix_hits += seq.num_computed
+                return index
+        return None
+
+    def _cut(self, seq: Sequence, n: int) -> int:
+        """A prefill chunk ends at the next checkpoint boundary, so that its Mamba state can be kept."""
+        if not self.config.prefix_caching:
+            return n
+        interval = self.config.mamba_checkpoint_interval
+        boundary = (seq.num_computed // interval + 1) * interval
+        return min(n, boundary - seq.num_computed)
+
+    def _checkpoint_to_write(self, seq: Sequence, end: int) -> int | None:
+        """Reserve a checkpoint for the state after `end` tokens, if that is a boundary not yet kept."""
+        if not self.config.prefix_caching or end % self.config.mamba_checkpoint_interval:
+            return None
+        bs = self.config.block_size
+        h = chain_hashes(seq.token_ids, end, bs, seq.block_hashes)[end // bs - 1]
+        if self.checkpoints.find(h) is not None:
+            return None
+        index = self.checkpoints.reserve()
+        if index is not None:
+            seq.saving = (h, index)
+        return index
+
+    def _cache_computed(self, seq: Sequence) -> None:
+        """Register the newly computed full blocks and publish the checkpoint the step wrote."""
+        bs = self.config.block_size
+        hashes = chain_hashes(seq.token_ids, seq.num_computed, bs, seq.block_hashes)
+        for i in range(seq.num_registered, min(seq.num_computed // bs, len(seq.block_table))):
+            self.blocks.register(seq.block_table[i], hashes[i])
+        seq.num_registered = max(seq.num_registered, seq.num_computed // bs)
+        if seq.saving is not None:
+            self.checkpoints.publish(*seq.saving)
+            seq.saving = None
+
     def _chunk(self, seq: Sequence, n: int, drafts: list[int]) -> SeqChunk:
         start = seq.num_computed
         sample = start + n == len(seq.token_ids)
@@ -219,6 +290,7 @@ class Scheduler:
             max_new=seq.max_new_this_step(),
             sampling=seq.sampling,
             seed=seq.seed,
+            save_checkpoint=None if drafts else self._checkpoint_to_write(seq, start + n),
         )
 
     def advance(self, seq: Sequence, chunk: SeqChunk, accepted: list[int], drafts: list[int]) -> None:
@@ -228,3 +300,5 @@ class Scheduler:
         seq.token_ids.extend(accepted)
         seq.drafts = drafts
         self.blocks.shrink(seq.block_table, len(seq.token_ids))
+        if self.config.prefix_caching:
+            self._cache_computed(seq)
