@@ -23,12 +23,13 @@ Weight bytes by precision (what each checkpoint stores):
   and per-head vectors (A_log, D, dt_bias) and biases stay BF16: they are small or
   (embedding, lm_head, router) decide which token / expert is chosen, where FP8
   error changes the output discretely.
-- ``nvfp4``: only the routed experts are FP4 (E2M1, 4 bits) with one FP8 E4M3 scale
-  per 16 values along the input dimension (4.5 bits per value) and one fp32
-  scale per tensor. Everything else stays BF16, as in NVIDIA's NVFP4 Nemotron 3
-  checkpoints: the experts are over 90% of the weights, and the rest (attention,
-  Mamba, shared expert, latent projections) is where quantization error hurts
-  most for the least memory. The MTP module follows the same rule.
+- ``nvfp4``: NVIDIA's published mixed-precision split (the Ultra NVFP4 checkpoint, Table 1 of
+  "Creating the NVIDIA Nemotron 3 Ultra NVFP4 Checkpoint with NVIDIA Model Optimizer",
+  developer.nvidia.com, 2026-06-26): routed experts NVFP4 (E2M1, 4 bits, one FP8 E4M3 scale
+  per 16 values along the input dimension = 4.5 bits, one fp32 scale per tensor); shared
+  experts and the Mamba mixer's in/out projections FP8 with one fp32 scale per tensor;
+  attention, latent projections, router, embeddings, lm_head and the whole MTP module BF16.
+  Counted so, Ultra's checkpoint is 351.9 GB against the 352.3 GB the post gives.
 - In every precision the MoE router's ``e_score_correction_bias`` is stored fp32
   (the published Nemotron 3 Super BF16 checkpoint keeps it as an F32 buffer).
 """
@@ -53,6 +54,10 @@ COMPONENTS = (EMBEDDING, LM_HEAD, MAMBA_C, ATTENTION_C, ROUTED, SHARED, ROUTER, 
 
 # Storage roles: how a tensor is stored at each precision.
 _LINEAR, _EXPERT, _KEEP, _FP32 = "linear", "expert", "keep", "fp32"
+NVFP4_FP8_COMPONENTS = (SHARED, MAMBA_C)
+"""Linear weights the NVFP4 checkpoint stores as FP8 per-tensor (the rest of its non-expert weights are BF16)."""
+MTP_PRECISION = {"nvfp4": "bf16"}
+"""Checkpoints whose MTP module is stored at another precision than the backbone."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class Weights:
         if precision == "nvfp4" and self.role == _EXPERT:
             blocks = self.rows * self.copies * math.ceil(self.cols / 16)
             return (self.params + 1) // 2 + blocks + 4 * self.copies
+        if precision == "nvfp4" and self.role == _LINEAR and self.component in NVFP4_FP8_COMPONENTS:
+            return self.params + 4 * self.copies
         return 2 * self.params
 
 
@@ -306,7 +313,7 @@ def weight_bytes(c: NemotronHConfig, precision: str) -> WeightBytes:
         by_component=by_component,
         routed_expert_bytes=by_component[ROUTED],
         other_bytes=total - by_component[ROUTED],
-        mtp_bytes=sum(w.bytes_at(precision) for w in mtp_weights(c)),
+        mtp_bytes=sum(w.bytes_at(MTP_PRECISION.get(precision, precision)) for w in mtp_weights(c)),
         bits_per_param=8 * total / _total(backbone),
         per_layer=per_layer,
     )

@@ -22,8 +22,9 @@ _KNOWN: dict[str, tuple[tuple[str, ...], str]] = {
     "nemotron-3-ultra": (
         (_ULTRA, f"{_ULTRA}-BF16", f"{_ULTRA}-FP8", f"{_ULTRA}-NVFP4"),
         "config.json of the BF16 checkpoint written from the published values in "
-        "shared/reference/nemotron3-ultra.md (layer pattern (M E)x3 M * E, x12; max_position_embeddings "
-        "1048576 for the 1M-token context)",
+        "shared/reference/nemotron3-ultra.md (108 layers, Mamba and MoE alternating, attention at layers 7, 14, "
+        "23, 32, 39, 48, 57, 64, 73, 82, 89, 98; max_position_embeddings 262144, the native context: the 1M-token "
+        "context is an extension engines accept only when told)",
     ),
     "nemotron-3-super": (
         (f"{_SUPER}-BF16", f"{_SUPER}-NVFP4"),

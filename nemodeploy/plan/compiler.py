@@ -1,10 +1,11 @@
 """Topology + model -> serving plan.
 
 Search every valid layout (layout.py), budget each rank's memory (memory.py),
-estimate each (estimate.py), and keep the best: first the layouts that meet the
-serving target (concurrency at the target context), then the most capacity;
-among those, the highest estimated decode throughput. When nothing fits, the
-plan says why with the numbers and lists the nearest topologies that would.
+estimate each (estimate.py), and keep the one a user would pick: first the layouts
+that hold the serving target (concurrency at the target context), then those that
+give each user the decode speed asked for (serving.min_tokens_per_s_per_user), then
+the most throughput the given concurrency can draw. When nothing fits, the plan says
+why with the numbers and lists the nearest topologies that would.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from nemodeploy.models.accounting import account, kv_bytes_per_token, mamba_stat
 from nemodeploy.models.config import ConfigError, NemotronHConfig
 from nemodeploy.models.specs import resolve_model
 from nemodeploy.plan import layout as layouts
-from nemodeploy.plan.estimate import INTRA_NODE_LATENCY_S, Links, estimate
-from nemodeploy.plan.memory import Budget, budget, kv_heads_per_rank, layer_bytes, mamba_groups_per_rank
+from nemodeploy.plan.calibration import calibration
+from nemodeploy.plan.estimate import Links, Workload, estimate
+from nemodeploy.plan.memory import (SSM_DTYPE_BYTES, Budget, budget, kv_heads_per_rank, layer_bytes,
+                                    mamba_groups_per_rank)
 from nemodeploy.plan.precision import DTYPE_BYTES, ComputePath, compute_path, kv_dtype
 from nemodeploy.plan.types import Alternative, Estimate, ModelSummary, Parallel, Plan, PrecisionPath, human_bytes
 from nemodeploy.topology.catalog import ACCELERATORS, NETWORKS, Accelerator, Network
@@ -44,6 +47,10 @@ class _Candidate:
     @property
     def decode_tokens_per_s(self) -> float:
         return self.estimate.decode_tokens_per_s_total
+
+    @property
+    def per_user(self) -> float:
+        return self.estimate.decode_tokens_per_s_per_sequence
 
     @property
     def meets_target(self) -> bool:
@@ -79,13 +86,14 @@ def _links(topology: Topology, accel: Accelerator, layout: layouts.Layout, per_n
             warnings.append(f"neither interconnect.inter_node nor NICs given: the estimate assumes {inter.name}")
     # devices of a node without a peer link (CPU processes, one-GPU nodes) exchange through host memory
     intra = accel.intra_node_bandwidth_bytes_s or accel.memory_bandwidth_bytes_s
+    hop = calibration().collectives.intra_node_hop_s
     if inter is not None:
         bandwidth, latency = inter.bandwidth_bytes_s, inter.latency_s
     elif topology.node_count == 1:
-        bandwidth, latency = intra, INTRA_NODE_LATENCY_S
+        bandwidth, latency = intra, hop
     return Links(
         intra_bytes_s=intra,
-        intra_latency_s=INTRA_NODE_LATENCY_S,
+        intra_latency_s=hop,
         inter_bytes_s=bandwidth,
         inter_latency_s=latency,
         tp_crosses_nodes=layout.tp > per_node,
@@ -100,6 +108,25 @@ def _resolve(topology: Topology) -> tuple[str, str, NemotronHConfig]:
     except ConfigError as err:
         raise PlanInputError(("model", "path" if topology.model.path else "id"), str(err)) from None
     return resolved.name, resolved.source, resolved.config
+
+
+def _ssm_dtype(config: NemotronHConfig, serving) -> str:
+    """serving.mamba_ssm_cache_dtype, or the config's when `auto`."""
+    dtype = config.mamba_ssm_cache_dtype if serving.mamba_ssm_cache_dtype == "auto" else serving.mamba_ssm_cache_dtype
+    if dtype not in SSM_DTYPE_BYTES:
+        raise PlanInputError(("serving", "mamba_ssm_cache_dtype"),
+                             f"the model config's mamba_ssm_cache_dtype {dtype!r} is not one of "
+                             f"{', '.join(SSM_DTYPE_BYTES)}; set serving.mamba_ssm_cache_dtype")
+    return dtype
+
+
+def _check_context(name: str, native: int, serving) -> None:
+    """A context above the model's native one only with the explicit opt-in (engines refuse it otherwise)."""
+    if serving.max_context > native and not serving.allow_long_context:
+        raise PlanInputError(("serving", "max_context"),
+                             f"max_context {serving.max_context:,} is above {name}'s native context of {native:,} "
+                             "tokens; set serving.allow_long_context: true to serve it (the engine must be told "
+                             "too), or lower max_context")
 
 
 def _fixed_sizes(topology: Topology) -> dict[str, int | None]:
@@ -138,6 +165,10 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
     path = compute_path(topology.model.precision, accel)
     kv = kv_dtype(serving.kv_cache_dtype, accel)
     act_dtype = "fp32" if topology.model.precision == "fp32" else "bf16"
+    ssm_dtype = _ssm_dtype(config, serving)
+    utilization = topology.engine.memory_utilization or calibration().default_memory_utilization(accel.arch)
+    native = config.max_position_embeddings
+    _check_context(name, native, serving)
     with_mtp = serving.speculative_tokens > 0
     if with_mtp and not config.num_nextn_predict_layers:
         raise PlanInputError(("serving", "speculative_tokens"), f"{name} has no MTP layer to draft speculative tokens with")
@@ -148,16 +179,18 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         name=name, source=source, model_type=config.model_type, precision=topology.model.precision,
         total_params=acct.total_params, active_params=acct.active_params, mtp_params=acct.mtp_params,
         mtp_loaded=with_mtp, weight_bytes=total_weight_bytes, routed_expert_bytes=weights.routed_expert_bytes,
-        kv_bytes_per_token=_kv_per_token(config, kv), mamba_state_bytes_per_sequence=_mamba_per_seq(config, act_dtype),
+        kv_bytes_per_token=_kv_per_token(config, kv),
+        mamba_state_bytes_per_sequence=_mamba_per_seq(config, act_dtype, ssm_dtype), native_context=native,
     )
-    precision = PrecisionPath(weights=path.weights, compute=path.compute, kv_cache_dtype=kv,
-                              mamba_ssm_dtype=config.mamba_ssm_cache_dtype)
+    precision = PrecisionPath(weights=path.weights, compute=path.compute, kv_cache_dtype=kv, mamba_ssm_dtype=ssm_dtype)
     plan_base = dict(
         topology=topology.name, accelerator=accel.kind, accelerator_count=world, node_count=topology.node_count,
         engine=topology.engine.kind, model=summary, precision=precision,
     )
-    if serving.max_context > config.max_position_embeddings and config.model_type != "nemotron_h":
-        warnings.append(f"max_context {serving.max_context} exceeds the model's {config.max_position_embeddings} positions")
+    if serving.max_context > native:
+        warnings.append(f"max_context {serving.max_context:,} is above the native {native:,} (allow_long_context): "
+                        "the engine must be told too (vLLM: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1), and quality past "
+                        f"{native:,} tokens is the model's extension, not its training length")
 
     if not path.supported:
         alternatives = _alternatives(topology, accel, per_node) if with_alternatives else []
@@ -176,39 +209,42 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         stages = layouts.split_stages(config, layout.pp, with_mtp)
         b = budget(
             config=config, layout=layout, stages=stages, lb=lb, capacity_bytes=accel.memory_bytes,
-            utilization=topology.engine.memory_utilization, on_gpu=accel.arch != "cpu", kv_dtype=kv,
-            act_dtype=act_dtype, target_context=serving.max_context, target_concurrency=serving.concurrency,
+            utilization=utilization, on_gpu=accel.arch != "cpu", kv_dtype=kv,
+            act_dtype=act_dtype, ssm_dtype=ssm_dtype, target_context=serving.max_context,
+            target_concurrency=serving.concurrency,
             max_batched_tokens=serving.max_batched_tokens, spec_tokens=serving.speculative_tokens,
         )
         link_warnings: list[str] = []
-        speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, link_warnings,
-                          serving)
+        speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, link_warnings)
         evaluated.append(_Candidate(layout, stages, b, speed, link_warnings))
 
-    best = max(evaluated, key=_preference)
+    best = max(evaluated, key=lambda c: _preference(c, serving.min_tokens_per_s_per_user))
     layout, b = best.layout, best.budget
     mem, cap = b.memory, b.capacity
     total_usable = mem.usable * world
+    fixed_parts = (f"{human_bytes(mem.weights)} of weights + {human_bytes(mem.activations)} of activations + "
+                   f"{human_bytes(mem.cuda_graphs)} of CUDA graphs")
     if not best.serves:
         verdict = "infeasible"
         reason = (
             f"{human_bytes(total_weight_bytes)} of {path.weights} weights do not fit in {world} x {accel.name} "
             f"({human_bytes(mem.capacity * world)}, {human_bytes(total_usable)} usable): even the best layout "
-            f"(tp {layout.tp}, pp {layout.pp}, ep {layout.ep}) needs {human_bytes(mem.weights)} of weights plus "
-            f"{human_bytes(mem.activations + mem.cuda_graphs)} of activations on a {human_bytes(mem.usable)} budget per device"
+            f"(tp {layout.tp}, pp {layout.pp}, ep {layout.ep}) needs {fixed_parts} per device, then one sequence's "
+            f"cache, on {human_bytes(mem.usable)} usable ({mem.utilization:.2f} of {human_bytes(mem.capacity)})"
         )
     elif best.meets_target:
         verdict = "fits"
         reason = (
             f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name}: "
-            f"{human_bytes(mem.weights)} of {human_bytes(mem.usable)} per device; holds {cap.sequences_at_target_context} "
+            f"{fixed_parts} of {human_bytes(mem.usable)} usable per device; holds {cap.sequences_at_target_context} "
             f"sequences of {serving.max_context:,} tokens (target {serving.concurrency})"
         )
     else:
         verdict = "tight"
         reason = (
-            f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name} leave "
-            f"{human_bytes(mem.usable - mem.weights - mem.activations - mem.cuda_graphs)} per GPU for caches: "
+            f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name}: {fixed_parts} "
+            f"leave {human_bytes(mem.usable - mem.weights - mem.activations - mem.cuda_graphs)} of "
+            f"{human_bytes(mem.usable)} per device for caches: "
             f"{cap.sequences_at_target_context} sequences of {serving.max_context:,} tokens (target {serving.concurrency}); "
             f"{serving.concurrency} sequences get {cap.context_at_target_concurrency:,} tokens each"
         )
@@ -218,6 +254,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         warnings.append(f"the fixed parallel sizes use {used} of the {world} devices (the first in node order)")
     if best.serves:
         warnings += best.link_warnings
+        warnings += _estimate_warnings(best, serving)
     alternatives = _alternatives(topology, accel, per_node) if with_alternatives and verdict == "infeasible" else []
     return Plan(
         **plan_base, verdict=verdict, reason=reason,
@@ -234,38 +271,63 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
     )
 
 
-def _preference(c: _Candidate) -> tuple:
-    """Serving beats not serving; meeting the target beats capacity; then speed, then fewer stages.
+def _preference(c: _Candidate, latency_target: float | None) -> tuple:
+    """What a user would pick, in order: a layout that serves; one that holds the serving target;
+    one that gives each user the asked decode speed; the most throughput the concurrency draws
+    (at a fixed concurrency that is the fastest decode per user); then fewer stages, smaller tp.
 
     Among layouts that cannot serve, the one needing the least memory per GPU is shown.
     """
     cap = c.budget.capacity
     if not c.serves:
-        return (False, False, -c.budget.memory.weights, 0, 0, 0)
+        return (False, False, False, -c.budget.memory.weights, 0, 0, 0)
+    fast_enough = latency_target is None or c.per_user >= latency_target
     merit = c.decode_tokens_per_s if c.meets_target else cap.sequences_at_target_context
-    return (True, c.meets_target, merit, cap.context_at_target_concurrency, -c.layout.pp, -c.layout.tp)
+    return (True, c.meets_target, fast_enough, merit, cap.context_at_target_concurrency, -c.layout.pp, -c.layout.tp)
 
 
 def _estimate(config, layout, stages, lb, accel, path: ComputePath, topology: Topology, per_node: int, b: Budget,
-              act_dtype: str, warnings: list[str], serving):
-    batch = max(b.cache.max_num_seqs, 1)
+              act_dtype: str, warnings: list[str]):
+    serving = topology.serving
+    # a request longer than the context served is cut down, prompt and output in proportion
+    scale = min(serving.max_context / (serving.input_tokens + serving.output_tokens), 1.0)
+    workload = Workload(
+        concurrency=serving.concurrency, input_tokens=max(int(serving.input_tokens * scale), 1),
+        output_tokens=max(int(serving.output_tokens * scale), 1),
+        max_model_len=b.cache.max_model_len or serving.max_context, max_num_seqs=b.cache.max_num_seqs,
+        spec_tokens=serving.speculative_tokens, prefill_chunk=serving.max_batched_tokens,
+    )
     return estimate(
         config=config, layout=layout, stages=stages, lb=lb, accel=accel, path=path,
-        links=_links(topology, accel, layout, per_node, warnings), batch=batch,
-        context=min(serving.max_context, b.cache.max_model_len) or serving.max_context,
+        links=_links(topology, accel, layout, per_node, warnings), workload=workload,
         kv_tok=b.capacity.kv_bytes_per_token_per_rank, mamba_seq=b.capacity.mamba_state_bytes_per_sequence_per_rank,
-        act_dtype=act_dtype, spec_tokens=serving.speculative_tokens,
-        prefill_chunk=min(serving.max_batched_tokens, serving.max_context),
+        act_dtype=act_dtype,
     )
+
+
+def _estimate_warnings(best: _Candidate, serving) -> list[str]:
+    out, e = [], best.estimate
+    if not e.moe_kernel_tuned:
+        out.append(f"no tuned MoE kernel for this shape: {e.moe_kernel}; decode is kernel-limited "
+                   f"({e.decode_tokens_per_s_per_sequence:.1f} tok/s per user): tune the fused-MoE config for the "
+                   "shape, or use a checkpoint / GPU with a tuned path")
+    target = serving.min_tokens_per_s_per_user
+    if target and e.decode_tokens_per_s_per_sequence < target:
+        out.append(f"no layout reaches {target:g} tok/s per user at concurrency {serving.concurrency}: the chosen one "
+                   f"gives {e.decode_tokens_per_s_per_sequence:.1f}")
+    if e.sequences_in_flight < serving.concurrency:
+        out.append(f"{serving.concurrency} requests asked, {e.sequences_in_flight} decode at once "
+                   "(the memory budget's max_num_seqs); the rest queue")
+    return out
 
 
 def _kv_per_token(config: NemotronHConfig, kv: str) -> int:
     return int(kv_bytes_per_token(config, DTYPE_BYTES[kv]))
 
 
-def _mamba_per_seq(config: NemotronHConfig, act_dtype: str) -> int:
-    ssm = DTYPE_BYTES["fp32" if config.mamba_ssm_cache_dtype == "float32" else "bf16"]
-    return int(mamba_state_bytes_per_sequence(config, ssm_dtype_bytes=ssm, conv_dtype_bytes=DTYPE_BYTES[act_dtype]))
+def _mamba_per_seq(config: NemotronHConfig, act_dtype: str, ssm_dtype: str) -> int:
+    return int(mamba_state_bytes_per_sequence(config, ssm_dtype_bytes=SSM_DTYPE_BYTES[ssm_dtype],
+                                              conv_dtype_bytes=DTYPE_BYTES[act_dtype]))
 
 
 def _layout_warnings(config: NemotronHConfig, layout: layouts.Layout, per_node: int, topology: Topology) -> list[str]:
@@ -278,10 +340,12 @@ def _layout_warnings(config: NemotronHConfig, layout: layouts.Layout, per_node: 
     if layout.tp > per_node:
         out.append(f"tp_size {layout.tp} spans nodes: every layer's all-reduce crosses the network")
     if topology.node_count > 1:
+        infiniband = (topology.interconnect.inter_node or "").startswith("ib-")
         for node in topology.nodes:
             for nic in node.nics:
-                if nic.rdma and nic.mtu < 9000:
-                    out.append(f"{node.name}/{nic.name}: RDMA NIC at MTU {nic.mtu}; RoCE wants 9000 on every port of the path")
+                # InfiniBand's MTU is at most 4096 by its spec; only RoCE (Ethernet) wants jumbo frames
+                if nic.rdma and nic.mtu < 9000 and not (infiniband or nic.name.startswith("ib")):
+                    out.append(f"{node.name}/{nic.name}: RoCE NIC at MTU {nic.mtu}; RoCE wants 9000 on every port of the path")
     return out
 
 

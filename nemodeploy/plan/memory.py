@@ -21,6 +21,8 @@ GiB = 1 << 30
 CUDA_GRAPH_BYTES = 1 * GiB  # captured decode graphs for the usual batch sizes; none on CPU
 ACTIVATION_BUFFERS = 4  # live hidden-size buffers per token: residual, normed input, mixer output, partial sums
 KV_BLOCK_SIZE = 16
+SSM_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""Mamba SSM state dtypes, as vLLM's --mamba-ssm-cache-dtype spells them."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,9 @@ def kv_bytes_per_token_per_rank(config: NemotronHConfig, stage: Stage, tp: int, 
     return stage.attention_layers * 2 * kv_heads_per_rank(config, tp) * config.head_dim * DTYPE_BYTES[kv_dtype]
 
 
-def mamba_bytes_per_sequence_per_rank(config: NemotronHConfig, stage: Stage, tp: int, act_dtype: str) -> int:
-    ssm_bytes = DTYPE_BYTES["fp32" if config.mamba_ssm_cache_dtype == "float32" else "bf16"]
+def mamba_bytes_per_sequence_per_rank(config: NemotronHConfig, stage: Stage, tp: int, act_dtype: str,
+                                      ssm_dtype: str) -> int:
+    ssm_bytes = SSM_DTYPE_BYTES[ssm_dtype]
     heads = config.mamba_num_heads // tp if config.mamba_num_heads else 0
     conv_channels = heads * config.mamba_head_dim + 2 * mamba_groups_per_rank(config, tp) * config.ssm_state_size
     per_layer = (
@@ -142,7 +145,7 @@ class Budget:
 
 
 def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: LayerBytes, capacity_bytes: int,
-           utilization: float, on_gpu: bool, kv_dtype: str, act_dtype: str, target_context: int,
+           utilization: float, on_gpu: bool, kv_dtype: str, act_dtype: str, ssm_dtype: str, target_context: int,
            target_concurrency: int, max_batched_tokens: int, spec_tokens: int) -> Budget:
     """Size the caches of the heaviest stage; every stage gets the same counts so the pipeline stays in step."""
     usable = int(capacity_bytes * utilization)
@@ -153,7 +156,7 @@ def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: 
         weights = int(stage_weight_bytes(lb, stage, config, layout))
         acts = activation_bytes(config, stage, layout, tokens, per_replica_seqs, spec_tokens, act_dtype)
         kv_tok = kv_bytes_per_token_per_rank(config, stage, layout.tp, kv_dtype)
-        mamba_seq = mamba_bytes_per_sequence_per_rank(config, stage, layout.tp, act_dtype)
+        mamba_seq = mamba_bytes_per_sequence_per_rank(config, stage, layout.tp, act_dtype, ssm_dtype)
         return weights, acts, kv_tok, mamba_seq
 
     graphs = CUDA_GRAPH_BYTES if on_gpu else 0
@@ -191,6 +194,7 @@ def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: 
     memory = Memory(
         capacity=capacity_bytes,
         usable=usable,
+        utilization=utilization,
         weights=weights,
         activations=acts,
         cuda_graphs=graphs,
@@ -215,5 +219,6 @@ def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: 
         max_model_len=max_model_len,
         max_num_batched_tokens=max_batched_tokens,
         speculative_tokens=spec_tokens,
+        long_context=max_model_len > config.max_position_embeddings,
     )
     return Budget(memory, capacity, cache)

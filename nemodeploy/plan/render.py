@@ -43,6 +43,22 @@ def memory_bar(mem: Memory) -> Group:
     return Group(bar, legend)
 
 
+def _cost_lines(plan: Plan) -> list:
+    c = plan.cost
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("per million tokens", f"${c.output_dollars_per_mtok:,.2f} output, "
+                 f"${c.input_dollars_per_mtok:,.2f} input at {c.utilization:.0%} of the hour busy "
+                 f"(${c.dollars_per_hour:,.2f}/h: {c.basis})")
+    grid.add_row(f"against {c.api}",
+                 f"${c.api_output_dollars_per_mtok:.2f} output, ${c.api_input_dollars_per_mtok:.2f} input")
+    if c.capital_dollars:
+        months = f"{c.break_even_months:,.1f} months" if c.break_even_months is not None else "never"
+        grid.add_row("break-even", f"${c.capital_dollars:,.0f} of hardware pays for itself against the API in {months}")
+    grid.add_row("rank", f"{c.rank} of {len(c.ranked_against)} priced profiles by output $/Mtok "
+                 f"({', '.join(c.ranked_against)})")
+    return [Text("\ncost", style="bold"), grid]
+
+
 def _layout_table(plan: Plan) -> Table:
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("node")
@@ -88,12 +104,19 @@ def render(plan: Plan, console: Console) -> None:
     if plan.estimate:
         e = plan.estimate
         est = Table.grid(padding=(0, 2))
-        est.add_row("decode", f"{e.decode_tokens_per_s_per_sequence:,.1f} tok/s per sequence, "
-                    f"{e.decode_tokens_per_s_total:,.0f} tok/s total at batch {e.batch_per_replica} per replica "
+        est.add_row("decode", f"{e.decode_tokens_per_s_per_sequence:,.1f} tok/s per user, "
+                    f"{e.decode_tokens_per_s_total:,.0f} tok/s for {e.sequences_in_flight} user(s) in flight, "
+                    f"batch {e.batch_per_replica} per replica at context {e.decode_context:,} "
                     f"({e.decode_bound}-bound, {e.decode_step_ms:.2f} ms per step)")
-        est.add_row("prefill", f"{e.prefill_tokens_per_s_per_replica:,.0f} tok/s per replica ({e.prefill_bound}-bound)")
-        body += [Text("\nroofline estimate", style="bold"), est]
+        est.add_row("prefill", f"{e.prefill_tokens_per_s_per_replica:,.0f} tok/s per replica "
+                    f"({e.prefill_bound}-bound); time to first token {e.ttft_s:.2f} s")
+        est.add_row("generated", f"{e.generated_tokens_per_s_total:,.0f} tok/s for the deployment, time to first token "
+                    f"included; measured / estimate was {e.error_band[0]:.2f}-{e.error_band[1]:.2f} over the "
+                    "calibration anchors")
+        body += [Text("\nestimate (calibrated)", style="bold"), est]
         body += [Text("  assumes: " + a, style="dim") for a in e.assumptions]
+    if plan.cost:
+        body += _cost_lines(plan)
     if plan.warnings:
         body.append(Text("\nwarnings", style="bold yellow"))
         body += [Text(f"  - {w}", style="yellow") for w in plan.warnings]

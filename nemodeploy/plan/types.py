@@ -40,14 +40,15 @@ class ModelSummary(Frozen):
     weight_bytes: int  # whole model at the plan's precision (MTP included when loaded)
     routed_expert_bytes: int
     kv_bytes_per_token: int  # whole model, at the plan's KV dtype
-    mamba_state_bytes_per_sequence: int  # whole model
+    mamba_state_bytes_per_sequence: int  # whole model, at precision.mamba_ssm_dtype
+    native_context: int  # the config's max_position_embeddings
 
 
 class PrecisionPath(Frozen):
     weights: str  # bf16 | fp8 | nvfp4 | fp32
     compute: str  # e.g. "nvfp4 (native FP4 tensor cores)", "w4a16 (FP4 weights dequantised to BF16)"
     kv_cache_dtype: str  # bf16 | fp8 | fp32
-    mamba_ssm_dtype: str
+    mamba_ssm_dtype: str  # float32 | bfloat16 | float16 (serving.mamba_ssm_cache_dtype, else the config's)
 
 
 class Parallel(Frozen):
@@ -91,7 +92,8 @@ class Memory(Frozen):
     """One GPU's memory on the heaviest pipeline stage."""
 
     capacity: int
-    usable: int  # capacity x engine.memory_utilization
+    usable: int  # capacity x utilization
+    utilization: float  # engine.memory_utilization, or the accelerator's default
     weights: int
     activations: int
     cuda_graphs: int
@@ -120,24 +122,51 @@ class CacheConfig(Frozen):
     max_model_len: int
     max_num_batched_tokens: int
     speculative_tokens: int
+    long_context: bool  # max_model_len above the model's native context (serving.allow_long_context)
 
 
 class Estimate(Frozen):
-    """Roofline estimate per replica: an upper bound under the listed assumptions."""
+    """Calibrated estimate (data/calibration.yaml): per replica unless named total or per user."""
 
     batch_per_replica: int
     decode_step_ms: float
     decode_tokens_per_s_per_sequence: float
     decode_tokens_per_s_per_replica: float
     decode_tokens_per_s_total: float
-    decode_bound: Literal["memory", "compute", "communication"]
+    decode_bound: Literal["memory", "compute", "communication", "kernel"]
     spec_tokens_per_step: float  # expected tokens per decode step with MTP (1.0 without)
     prefill_tokens_per_s_per_replica: float
-    prefill_bound: Literal["memory", "compute", "communication"]
+    prefill_bound: Literal["memory", "compute", "communication", "kernel"]
     bytes_per_decode_step_per_rank: int
     flops_per_decode_step_per_rank: float
     comm_bytes_per_decode_step_per_rank: int
     assumptions: list[str]
+    sequences_in_flight: int  # whole deployment: min(serving.concurrency, dp x max_num_seqs)
+    decode_context: int  # tokens a decode step attends over on average (prompt + half the output)
+    ttft_s: float  # time to first token of one request at this load
+    generated_tokens_per_s_total: float  # whole deployment, time to first token included (what a benchmark counts)
+    prefill_share: float  # share of each user's time spent waiting on other requests' prompt chunks
+    moe_kernel: str  # the MoE kernel path the estimate assumes
+    moe_kernel_tuned: bool  # false: no tuned kernel configuration for this shape (the plan warns)
+    error_band: tuple[float, float]  # measured / estimate over the calibration anchors
+
+
+class Cost(Frozen):
+    """Dollars per million tokens at the planned throughput (data/prices.yaml)."""
+
+    basis: str  # what the hourly figure is: a cloud price or owned hardware amortised
+    dollars_per_hour: float
+    input_dollars_per_mtok: float
+    output_dollars_per_mtok: float
+    utilization: float  # share of the hour the deployment serves at the planned load
+    api: str  # the API price compared against
+    api_input_dollars_per_mtok: float
+    api_output_dollars_per_mtok: float
+    capital_dollars: float | None  # owned hardware
+    break_even_months: float | None  # months of API spend (same tokens) that pay the capital; None: never
+    rank: int  # 1 = cheapest output $/Mtok among the profiles with a price
+    ranked_against: list[str]  # profiles compared, cheapest first
+    sources: list[str]
 
 
 class Alternative(Frozen):
@@ -170,6 +199,7 @@ class Plan(Frozen):
     estimate: Estimate | None
     warnings: list[str]
     alternatives: list[Alternative]
+    cost: Cost | None = None  # only with `plan --cost`
 
     @property
     def fits(self) -> bool:

@@ -24,6 +24,8 @@ GiB = 2**30
 (nvidia-smi shows 81,559 MiB for an H100 80GB, 143,771 MiB for an H200 141GB; torch sees about
 79 GiB of the H100 after the driver's reservation). Capacities are therefore counted in GiB;
 bandwidths and FLOP/s stay decimal, as datasheets mean them."""
+GB10_CUDA_BYTES = int(121.69 * GiB)
+"""What cudaMemGetInfo reports as total on a DGX Spark: the 128 GiB less what the OS keeps."""
 
 _B200 = "NVIDIA DGX B200 datasheet, https://www.nvidia.com/en-us/data-center/dgx-b200/"
 _HGX = "NVIDIA HGX platform specifications (HGX B200 / HGX B300, per 8 GPUs), https://www.nvidia.com/en-us/data-center/hgx/"
@@ -200,10 +202,11 @@ ACCELERATORS: dict[str, Accelerator] = {
             },
         ),
         _nvidia(
-            "gb10", "NVIDIA GB10 Grace Blackwell (DGX Spark)", "grace-blackwell-gb10", 128 * GiB, 273 * GB,
+            "gb10", "NVIDIA GB10 Grace Blackwell (DGX Spark)", "grace-blackwell-gb10", GB10_CUDA_BYTES, 273 * GB,
             {"bf16": 125.0, "fp8": 250.0, "fp4": 500.0}, True, 0.0, "none",
             {
-                "memory_bytes": _SPARK + " (128 GB LPDDR5x unified system memory)",
+                "memory_bytes": _SPARK + " (128 GB LPDDR5x unified system memory, shared with the OS); CUDA reports "
+                "121.69 GiB of it: vllm recipes PR 632, vllm PR 40991",
                 "memory_bandwidth_bytes_s": _SPARK + " (273 GB/s)",
                 "dense_tflops": _SPARK + ": 'up to 1 PFLOP FP4' is with sparsity, so FP4 500 dense; FP8 and BF16 "
                 "are not published: assumed at the Blackwell dense ratio FP4:FP8:BF16 = 4:2:1",

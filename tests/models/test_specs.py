@@ -27,8 +27,12 @@ def test_ultra_is_found_by_name_or_any_checkpoint_id(model_id):
 
 def test_the_ultra_spec_is_the_published_108_layer_pattern():
     raw = json.loads(SPECS["nemotron-3-ultra"].file.read_text())
-    assert raw["hybrid_override_pattern"] == "MEMEMEM*E" * 12
+    pattern = raw["hybrid_override_pattern"]
+    # attention where the released config.json has it; Mamba and MoE alternate around it
+    assert [i for i, kind in enumerate(pattern) if kind == "*"] == [7, 14, 23, 32, 39, 48, 57, 64, 73, 82, 89, 98]
+    assert pattern.replace("*", "") == "ME" * 48
     config = resolve_model("nemotron-3-ultra", None).config
+    assert config.max_position_embeddings == 262_144, "the native context; 1M is an opt-in extension"
     assert (config.count("mamba"), config.count("moe"), config.count("attention")) == (48, 48, 12)
     assert config.mtp_layer_types == ("attention", "moe")
     assert config.vocab_size == 131072
