@@ -8,7 +8,10 @@ cycles through enough input copies that the working set exceeds L2.
 
     python benchmarks/kernels.py --setup    # once, where PyPI is reachable: vendors vLLM's files
     python benchmarks/kernels.py            # on the GPU: prints the table
+    python benchmarks/kernels.py --dry-run  # here, on CPU: every row at tiny widths under Triton's
+                                            # interpreter, wall-clock timed (exercises the code, not the speed)
 
+``--json PATH`` also writes every row (times, ratios, roofline shares, target met or not) as JSON.
 ``--setup`` takes only the Triton files of ``vllm/model_executor/layers/mamba/ops`` from the
 vllm wheel (``pip download vllm --no-deps``) and einops into benchmarks/.vendor/ (git-ignored;
 carry it to a GPU machine without network), with small stand-ins for the few ``vllm`` modules
@@ -17,11 +20,14 @@ those files import, so none of vLLM's C++ extension is needed.
 
 import argparse
 import glob
+import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +40,15 @@ VENDOR = ROOT / ".vendor"
 VLLM_VERSION = "0.33.0"
 VLLM_OPS = "vllm/model_executor/layers/mamba/ops/"
 
+DEVICE = "cuda"  # --dry-run: "cpu", the kernels under Triton's interpreter
 # Ultra's widths
 HIDDEN, LATENT, FFN, EXPERTS, TOP_K, SCALING = 8192, 2048, 5120, 512, 22, 5.0
 HEADS, HEAD_DIM, GROUPS, STATE, CHUNK = 256, 64, 8, 128, 128
 CONV_CHANNELS = HEADS * HEAD_DIM + 2 * GROUPS * STATE  # 18432
+DECODE_TOKENS, PREFILL_TOKENS = (1, 16, 64), 8192
+# --dry-run: the same rows at widths the interpreter gets through in seconds
+TINY = dict(HIDDEN=64, LATENT=32, FFN=64, EXPERTS=8, TOP_K=2, HEADS=4, HEAD_DIM=16, GROUPS=2, STATE=16, CHUNK=16,
+            DECODE_TOKENS=(1, 4), PREFILL_TOKENS=48)
 DT_LIMIT = (0.0, float("inf"))
 L2_FLUSH_BYTES = 256 << 20
 
@@ -49,17 +60,32 @@ SHIMS = {
     "vllm/__init__.py": "",
     "vllm/_custom_ops.py": "",
     "vllm/envs.py": "VLLM_TUNED_CONFIG_FOLDER = None\n",
-    "vllm/triton_utils/__init__.py": "import triton\nimport triton.language as tl\n\nHAS_TRITON = True\n",
-    "vllm/logger.py": "import logging\n\n\ndef init_logger(name):\n    return logging.getLogger(name)\n",
+    "vllm/triton_utils/__init__.py": (
+        "import os\nimport types\n\nimport triton\nimport triton.language as tl\n\nHAS_TRITON = True\n"
+        "if os.environ.get('TRITON_INTERPRET') == '1':  # --dry-run: the interpreter cannot benchmark configs\n"
+        "    _autotune = triton.autotune\n"
+        "    triton = types.SimpleNamespace(**vars(triton))\n"
+        "    triton.autotune = lambda configs, **kwargs: _autotune(configs[:1], **kwargs)\n"
+    ),
+    "vllm/logger.py": (
+        "import functools\nimport logging\n\n\ndef init_logger(name):\n"
+        "    logger = logging.getLogger(name)\n"
+        "    for level in ('debug', 'info', 'warning'):  # vLLM's *_once: log each message once\n"
+        "        log = getattr(logger, level)\n"
+        "        once = functools.lru_cache(None)(lambda msg, *args, log=log: log(msg, *args))\n"
+        "        setattr(logger, f'{level}_once', lambda msg, *args, scope=None, once=once: once(msg, *args))\n"
+        "    return logger\n"
+    ),
     "vllm/utils/__init__.py": "",
     "vllm/utils/platform_utils.py": (
         "import torch\n\n\ndef get_device_name_as_file_name():\n"
-        "    return torch.cuda.get_device_name().replace(' ', '_')\n"
+        "    return torch.cuda.get_device_name().replace(' ', '_') if torch.cuda.is_available() else 'cpu'\n"
     ),
     "vllm/platforms/__init__.py": (
-        "import torch\n\n\nclass _Platform:\n"
+        "import os\n\nimport torch\n\n\nclass _Platform:\n"
         "    def is_cuda(self):\n        return torch.cuda.is_available()\n\n"
-        "    def is_cpu(self):\n        return not torch.cuda.is_available()\n\n"
+        "    def is_cpu(self):  # under Triton's interpreter (--dry-run) the Triton path runs on CPU tensors\n"
+        "        return not torch.cuda.is_available() and os.environ.get('TRITON_INTERPRET') != '1'\n\n"
         "    def is_rocm(self):\n        return False\n\n"
         "    def is_xpu(self):\n        return False\n\n"
         "    def is_device_capability(self, capability):\n"
@@ -153,8 +179,19 @@ def _eager_time_us(call: Callable[[], object], iters: int) -> float:
     return statistics.median(times)
 
 
+def _wall_time_us(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e6
+
+
 def time_us(make_call: Callable[[int], Callable[[], object]], bytes_per_call: float, iters: int = 20) -> tuple[float, str]:
-    """CUDA-graph median; falls back to eager timing for host-syncing references (marked '*')."""
+    """CUDA-graph median; falls back to eager timing for host-syncing references (marked '*').
+
+    On CPU (--dry-run) one wall-clock call (marked '~'): it proves the call runs, not how fast.
+    """
+    if DEVICE == "cpu":
+        return _wall_time_us(make_call(0)), "~"
     copies = max(1, min(8, math.ceil(L2_FLUSH_BYTES / max(bytes_per_call, 1))))
     try:
         return _graph_time_us(make_call, copies, iters), ""
@@ -165,14 +202,14 @@ def time_us(make_call: Callable[[int], Callable[[], object]], bytes_per_call: fl
 
 def measure_peaks() -> tuple[float, float]:
     """(copy GB/s counting read + write, bf16 dense matmul TFLOP/s) on this GPU, now."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    nbytes, n = (1 << 30, 8192) if DEVICE == "cuda" else (1 << 20, 256)
+    src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
-    copy_us, _ = time_us(lambda i: lambda: dst.copy_(src), 2 << 30)
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    copy_us, _ = time_us(lambda i: lambda: dst.copy_(src), 2 * nbytes)
+    a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
     mm_us, _ = time_us(lambda i: lambda: a @ b, 0)
-    return (2 << 30) / copy_us / 1e3, 2 * n**3 / mm_us / 1e6
+    return 2 * nbytes / copy_us / 1e3, 2 * n**3 / mm_us / 1e6
 
 
 # ---------------------------------------------------------------- cases
@@ -193,7 +230,7 @@ class Row:
 
 
 def _bf16(*shape, scale=1.0):
-    return (torch.randn(*shape, device="cuda") * scale).to(torch.bfloat16)
+    return (torch.randn(*shape, device=DEVICE) * scale).to(torch.bfloat16)
 
 
 class Experts:
@@ -206,9 +243,9 @@ class Experts:
         self.w_down = _bf16(EXPERTS, LATENT, FFN, scale=FFN**-0.5)
 
         def nvfp4(n, k):
-            packed = torch.randint(0, 256, (EXPERTS, n, k // 2), dtype=torch.uint8, device="cuda")
-            scales = (torch.rand(EXPERTS, n, k // 16, device="cuda") + 0.5).to(torch.float8_e4m3fn).view(torch.uint8)
-            return NVFP4Weight(packed, scales, torch.full((EXPERTS,), k**-0.5 / 3, device="cuda"))
+            packed = torch.randint(0, 256, (EXPERTS, n, k // 2), dtype=torch.uint8, device=DEVICE)
+            scales = (torch.rand(EXPERTS, n, k // 16, device=DEVICE) + 0.5).to(torch.float8_e4m3fn).view(torch.uint8)
+            return NVFP4Weight(packed, scales, torch.full((EXPERTS,), k**-0.5 / 3, device=DEVICE))
 
         self.q_up, self.q_down = nvfp4(FFN, LATENT), nvfp4(LATENT, FFN)
 
@@ -216,8 +253,8 @@ class Experts:
 def _routing(tokens):
     from nemodeploy.engine.kernels import triton_moe
 
-    logits = torch.randn(tokens, EXPERTS, device="cuda")
-    bias = torch.randn(EXPERTS, device="cuda") * 0.01
+    logits = torch.randn(tokens, EXPERTS, device=DEVICE)
+    bias = torch.randn(EXPERTS, device=DEVICE) * 0.01
     weights, ids = triton_moe.moe_route(logits, bias, TOP_K, 1, 1, True, SCALING)
     return logits, bias, weights, ids
 
@@ -241,7 +278,7 @@ def moe_rows(experts: Experts) -> list[Row]:
     from nemodeploy.engine.kernels import torch_ops, triton_moe, triton_nvfp4
 
     rows = []
-    for tokens in (1, 16, 64, 8192):
+    for tokens in (*DECODE_TOKENS, PREFILL_TOKENS):
         logits, bias, weights, ids = _routing(tokens)
         rows.append(Row(
             "moe_route", f"T={tokens} top{TOP_K}/{EXPERTS}",
@@ -249,12 +286,12 @@ def moe_rows(experts: Experts) -> list[Row]:
             bytes=logits.numel() * 4,
             reference=lambda i, a=(logits, bias): lambda: torch_ops.moe_route(*a, TOP_K, 1, 1, True, SCALING),
         ))
-    for tokens in (1, 16, 64, 8192):
+    for tokens in (*DECODE_TOKENS, PREFILL_TOKENS):
         x = _bf16(tokens, LATENT)
         logits, bias, weights, ids = _routing(tokens)
         active = ids.unique().numel()
         flops = 2 * 2 * tokens * TOP_K * LATENT * FFN
-        decode = tokens <= 64
+        decode = tokens in DECODE_TOKENS
         pairs = tokens * TOP_K
 
         def ours(i, x=x, logits=logits, bias=bias):
@@ -267,7 +304,7 @@ def moe_rows(experts: Experts) -> list[Row]:
             "latent_moe bf16 (+routing)", f"T={tokens}", ours,
             bytes=active * 2 * FFN * LATENT * 2 + pairs * (LATENT + FFN) * 2 * 2, flops=flops,
             reference=(lambda i, a=(x, weights, ids): lambda: torch_ops.routed_experts(
-                a[0], experts.w_up, experts.w_down, a[1], a[2], 0)) if tokens <= 64 else None,
+                a[0], experts.w_up, experts.w_down, a[1], a[2], 0)) if decode else None,
             baseline=("torch._grouped_mm", lambda i, a=(x, ids): _grouped_mm_call(a[0], a[1], experts.w_up, experts.w_down)),
             target=(1.0, ">=1.0x grouped_mm") if decode else (1.15, ">=1.15x grouped_mm"),
         ))
@@ -294,21 +331,21 @@ def _ssm_step(batch):
 def mamba_rows(vllm) -> list[Row]:
     from nemodeploy.engine.kernels import torch_ops, triton_mamba
 
-    A = -torch.rand(HEADS, device="cuda") - 0.5
-    D = torch.randn(HEADS, device="cuda")
-    dt_bias = torch.randn(HEADS, device="cuda") * 0.5
+    A = -torch.rand(HEADS, device=DEVICE) - 0.5
+    D = torch.randn(HEADS, device=DEVICE)
+    dt_bias = torch.randn(HEADS, device=DEVICE) * 0.5
     rows = []
     # decode: selective state update, the pool big enough for 8 disjoint slot sets
-    for batch in (1, 16, 64):
-        pool = torch.randn(8 * batch + 1, HEADS, HEAD_DIM, STATE, device="cuda") * 0.1
+    for batch in DECODE_TOKENS:
+        pool = torch.randn(8 * batch + 1, HEADS, HEAD_DIM, STATE, device=DEVICE) * 0.1
         step = _ssm_step(batch)
         state_bytes = batch * HEADS * HEAD_DIM * STATE * 4 * 2
-        slots = lambda i, b=batch: torch.arange(b, device="cuda") + 1 + i * b  # noqa: E731
+        slots = lambda i, b=batch: torch.arange(b, device=DEVICE) + 1 + i * b  # noqa: E731
         common = lambda i, s=step, b=batch: dict(  # noqa: E731
             **s, A=A, D=D, dt_bias=dt_bias, dt_limit=DT_LIMIT, state_indices=slots(i, b))
 
         def vllm_call(i, s=step, pool=pool, b=batch):
-            out = torch.empty(b, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+            out = torch.empty(b, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bfloat16)
             idx = slots(i, b).to(torch.int32)
             tie = lambda t: t[..., None].expand(*t.shape, HEAD_DIM)  # noqa: E731  (one dt per head, as vLLM's mixer)
             return lambda: vllm.selective_state_update(
@@ -325,12 +362,12 @@ def mamba_rows(vllm) -> list[Row]:
             target=(1.3 if batch == 1 else 1.0, f">={1.3 if batch == 1 else 1.0}x vLLM"),
         ))
     # prefill: SSD chunked scan over one 8192-token sequence
-    tokens = 8192
+    tokens = PREFILL_TOKENS
     x, dt = _bf16(tokens, HEADS, HEAD_DIM), _bf16(tokens, HEADS, scale=0.5)
     Bm, Cm = _bf16(tokens, GROUPS, STATE), _bf16(tokens, GROUPS, STATE)
-    pool = torch.zeros(2, HEADS, HEAD_DIM, STATE, device="cuda")
-    qsl = torch.tensor([0, tokens], dtype=torch.int32, device="cuda")
-    idx, init = torch.tensor([1], device="cuda"), torch.tensor([False], device="cuda")
+    pool = torch.zeros(2, HEADS, HEAD_DIM, STATE, device=DEVICE)
+    qsl = torch.tensor([0, tokens], dtype=torch.int32, device=DEVICE)
+    idx, init = torch.tensor([1], device=DEVICE), torch.tensor([False], device=DEVICE)
     chunks = triton_mamba.ssd_chunks(qsl, CHUNK)
     n_chunks = tokens // CHUNK
     ssd_args = dict(x=x, dt=dt, A=A, B=Bm, C=Cm, D=D, dt_bias=dt_bias, chunk_size=CHUNK, dt_limit=DT_LIMIT,
@@ -338,9 +375,9 @@ def mamba_rows(vllm) -> list[Row]:
 
     def vllm_ssd(i):
         out = torch.empty_like(x)
-        kwargs = dict(cu_seqlens=qsl, cu_chunk_seqlens=torch.arange(0, tokens + 1, CHUNK, dtype=torch.int32, device="cuda"),
-                      last_chunk_indices=torch.tensor([n_chunks - 1], device="cuda"),
-                      seq_idx=torch.zeros(n_chunks, dtype=torch.int32, device="cuda"), out=out,
+        kwargs = dict(cu_seqlens=qsl, cu_chunk_seqlens=torch.arange(0, tokens + 1, CHUNK, dtype=torch.int32, device=DEVICE),
+                      last_chunk_indices=torch.tensor([n_chunks - 1], device=DEVICE),
+                      seq_idx=torch.zeros(n_chunks, dtype=torch.int32, device=DEVICE), out=out,
                       D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=DT_LIMIT)
         return lambda: vllm.chunk_scan(x, dt, A, Bm, Cm, CHUNK, **kwargs)
 
@@ -355,7 +392,7 @@ def mamba_rows(vllm) -> list[Row]:
     ))
     # causal conv1d and gated RMSNorm: against the reference and the roofline only
     weight, bias = _bf16(CONV_CHANNELS, 4, scale=0.5), _bf16(CONV_CHANNELS, scale=0.1)
-    conv_pool = _bf16(8 * 64 + 1, CONV_CHANNELS, 3)
+    conv_pool = _bf16(8 * max(DECODE_TOKENS) + 1, CONV_CHANNELS, 3)
     xs = _bf16(tokens, CONV_CHANNELS)
     conv_args = dict(x=xs, weight=weight, bias=bias, conv_states=conv_pool, query_start_loc=qsl,
                      state_indices=idx, has_initial_state=init)
@@ -363,17 +400,17 @@ def mamba_rows(vllm) -> list[Row]:
                     lambda i: lambda: triton_mamba.causal_conv1d_varlen(**conv_args),
                     bytes=tokens * CONV_CHANNELS * 2 * 2,
                     reference=lambda i: lambda: torch_ops.causal_conv1d_varlen(**conv_args)))
-    for batch in (1, 16, 64):
+    for batch in DECODE_TOKENS:
         xb = _bf16(batch, 1, CONV_CHANNELS)
         update = lambda i, xb=xb, b=batch: dict(  # noqa: E731
             x=xb, weight=weight, bias=bias, conv_states=conv_pool,
-            state_indices=torch.arange(b, device="cuda") + 1 + i * b)
+            state_indices=torch.arange(b, device=DEVICE) + 1 + i * b)
         rows.append(Row("causal conv1d update", f"B={batch}",
                         lambda i, u=update: lambda: triton_mamba.causal_conv1d_update(**u(i)),
                         bytes=batch * CONV_CHANNELS * 2 * (1 + 1 + 3 * 2),
                         reference=lambda i, u=update: lambda: torch_ops.causal_conv1d_update(**u(i))))
     norm_w = _bf16(HEADS * HEAD_DIM)
-    for tokens in (1, 64, 8192):
+    for tokens in (DECODE_TOKENS[0], DECODE_TOKENS[-1], PREFILL_TOKENS):
         y, z = _bf16(tokens, HEADS * HEAD_DIM), _bf16(tokens, HEADS * HEAD_DIM)
         group = HEADS * HEAD_DIM // GROUPS
         rows.append(Row("gated rmsnorm", f"T={tokens}",
@@ -386,38 +423,90 @@ def mamba_rows(vllm) -> list[Row]:
 # ---------------------------------------------------------------- table
 
 
-def _fmt_us(value):
-    return "-" if value is None else f"{value:9.1f}"
+TIMING = {"": "graph", "*": "eager", "~": "wall"}  # time_us's marks
 
 
-def run(rows: list[Row], copy_gbs: float, peak_tflops: float) -> None:
+def _timed(make_call, nbytes: float, what: str, errors: list[str]) -> tuple[float | None, str]:
+    """time_us, or (None, "") with the failure noted: one broken call must not end the table."""
+    try:
+        return time_us(make_call, nbytes)
+    except Exception as exc:
+        errors.append(f"{what} failed: {exc!r}"[:200])
+        return None, ""
+
+
+def _interpreter_limits(errors: list[str]) -> list[str]:
+    """--dry-run: a peer's kernel that Triton's interpreter cannot run (it got as far as its launch,
+    so its Python API matched) is a limit of the dry run, noted, not a failure."""
+    return [e for e in errors if DEVICE == "cpu" and "InterpreterError" in e]
+
+
+def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
+    """One row's times, its ratio to the baseline and its share of the roofline, as plain data."""
+    errors: list[str] = []
+    ours, ours_mark = _timed(row.ours, row.bytes, "ours", errors)
+    ref, ref_mark = _timed(row.reference, row.bytes, "reference", errors) if row.reference else (None, "")
+    base_errors: list[str] = []
+    base = _timed(row.baseline[1], row.bytes, row.baseline[0], base_errors)[0] if row.baseline else None
+    notes = _interpreter_limits(base_errors)
+    errors += [e for e in base_errors if e not in notes]
+    gbs = row.bytes / ours / 1e3 if ours else None
+    speedup = base / ours if base and ours else None
+    met = None  # not judged on CPU: a dry run's times mean nothing
+    if row.target and ours and DEVICE == "cuda":
+        goal = row.target[0]
+        met = (gbs / copy_gbs >= -goal) if goal < 0 else (speedup is not None and speedup >= goal)
+    return dict(
+        kernel=row.kernel, shape=row.shape, ours_us=ours, timing=TIMING[ours_mark],
+        reference_us=ref, reference_timing=TIMING[ref_mark],
+        baseline=row.baseline[0] if row.baseline else None, baseline_us=base, vs_baseline=speedup,
+        bytes=row.bytes, gb_s=gbs, copy_share=gbs / copy_gbs if gbs else None,
+        flops=row.flops, tflop_s=row.flops / ours / 1e6 if ours else None,
+        peak_share=row.flops / ours / 1e6 / peak_tflops if ours else None,
+        target=row.target[1] if row.target else None, target_met=met, errors=errors, notes=notes,
+    )
+
+
+def _fmt(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def run(rows: list[Row], copy_gbs: float, peak_tflops: float,
+        record: Callable[[list[dict]], None] = lambda results: None) -> list[dict]:
+    """Print the table row by row; `record` gets the results so far after each row (a run stopped
+    by a timeout keeps what it measured)."""
     header = (f"{'kernel':36} {'shape':22} {'ours us':>9} {'ref us':>9} {'base us':>9} {'vs base':>8} "
               f"{'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'%peak':>6}  target")
     print(header)
-    print("-" * len(header))
+    print("-" * len(header), flush=True)
+    results = []
     for row in rows:
-        ours, _ = time_us(row.ours, row.bytes)
-        ref, ref_mark = time_us(row.reference, row.bytes) if row.reference else (None, "")
-        base = None
-        base_note = ""
-        if row.baseline:
-            try:
-                base, _ = time_us(row.baseline[1], row.bytes)
-            except Exception as exc:  # keep the table going when a public kernel's API moved
-                base_note = f" [{row.baseline[0]} failed: {exc!r}"[:100] + "]"
-        gbs = row.bytes / ours / 1e3
-        tflops = row.flops / ours / 1e6
-        speedup = base / ours if base else None
-        verdict = ""
-        if row.target:
-            goal, text = row.target
-            met = (gbs / copy_gbs >= -goal) if goal < 0 else (speedup is not None and speedup >= goal)
-            verdict = f"{text}: {'met' if met else 'NOT met'}"
-        print(f"{row.kernel:36} {row.shape:22} {_fmt_us(ours)} {_fmt_us(ref)}{ref_mark or ' '}{_fmt_us(base)} "
-              f"{(f'{speedup:7.2f}x' if speedup else '       -'):>8} {gbs:7.0f} {100 * gbs / copy_gbs:5.0f}% "
-              f"{tflops:8.1f} {100 * tflops / peak_tflops:5.0f}%  {verdict}{base_note}")
-    print("\n* reference syncs with the host: timed eagerly, not as a graph replay."
+        r = measure(row, copy_gbs, peak_tflops)
+        results.append(r)
+        record(results)
+        met = {True: "met", False: "NOT met", None: "not judged"}[r["target_met"]]
+        verdict = f"{r['target']}: {met}" if r["target"] else ""
+        ref_mark = {"eager": "*", "wall": "~"}.get(r["reference_timing"], " ")
+        pct = lambda share: None if share is None else 100 * share  # noqa: E731
+        print(f"{row.kernel:36} {row.shape:22} {_fmt(r['ours_us'], '.1f', 9)} {_fmt(r['reference_us'], '.1f', 9)}"
+              f"{ref_mark}{_fmt(r['baseline_us'], '.1f', 9)} {_fmt(r['vs_baseline'], '.2f', 7)}x "
+              f"{_fmt(r['gb_s'], '.0f', 7)} {_fmt(pct(r['copy_share']), '.0f', 5)}% {_fmt(r['tflop_s'], '.1f', 8)} "
+              f"{_fmt(pct(r['peak_share']), '.0f', 5)}%  {verdict}{''.join(f' [{e}]' for e in r['errors'] + r['notes'])}", flush=True)
+    print("\n* reference syncs with the host: timed eagerly, not as a graph replay; ~ one wall-clock call (--dry-run)."
           "\n  base = torch._grouped_mm on pre-sorted tokens (no routing) for the MoE rows, vLLM's Triton kernels for Mamba.")
+    return results
+
+
+def use_tiny_widths() -> None:
+    """--dry-run: every row at TINY widths on the CPU, the Triton kernels under the interpreter.
+
+    Must run before the kernel modules are imported: Triton reads TRITON_INTERPRET at @jit time.
+    """
+    global DEVICE, CONV_CHANNELS
+    os.environ["TRITON_INTERPRET"] = "1"
+    globals().update(TINY)
+    DEVICE = "cpu"
+    CONV_CHANNELS = HEADS * HEAD_DIM + 2 * GROUPS * STATE
 
 
 def main() -> None:
@@ -425,23 +514,39 @@ def main() -> None:
     parser.add_argument("--setup", action="store_true", help="vendor vLLM's Triton Mamba files, then exit")
     parser.add_argument("--vllm-version", default=VLLM_VERSION)
     parser.add_argument("--only", default="", help="run rows whose kernel name contains this")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: every row at tiny widths on CPU under Triton's interpreter (code paths, not speed)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows and the measured peaks here")
     args = parser.parse_args()
     if args.setup:
         setup_vendor(args.vllm_version)
         return
-    if not torch.cuda.is_available():
-        sys.exit("needs a CUDA GPU (run --setup here, the table on the GPU machine)")
+    if args.dry_run:
+        use_tiny_widths()
+    elif not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU (run --setup here, the table on the GPU machine; --dry-run checks the code on CPU)")
     sys.path.insert(0, str(ROOT.parent))
     torch.manual_seed(0)
     vllm, vllm_note = load_vllm()
     copy_gbs, peak_tflops = measure_peaks()
-    print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak_tflops:.0f} TFLOP/s; "
-          f"vLLM baseline: {vllm_note}; torch {torch.__version__}\n")
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run: tiny widths, Triton interpreter)"
+    print(f"{device_name}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak_tflops:.0f} TFLOP/s; "
+          f"vLLM baseline: {vllm_note}; torch {torch.__version__}\n", flush=True)
     rows = []
     if "moe" in args.only or not args.only:
         rows += moe_rows(Experts())
     rows += mamba_rows(vllm)
-    run([r for r in rows if args.only in r.kernel], copy_gbs, peak_tflops)
+    header = dict(device=device_name, dry_run=args.dry_run, torch=torch.__version__, vllm=vllm_note,
+                  copy_gb_s=copy_gbs, bf16_tflop_s=peak_tflops)
+
+    def record(results: list[dict]) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(header, rows=results), indent=1))
+
+    results = run([r for r in rows if args.only in r.kernel], copy_gbs, peak_tflops, record)
+    failed = sum(bool(r["errors"]) for r in results)
+    if failed:
+        sys.exit(f"{failed} of {len(results)} rows had a failing call (see the bracketed notes above)")
 
 
 if __name__ == "__main__":
