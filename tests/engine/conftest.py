@@ -27,3 +27,26 @@ def reference(tmp_path_factory):
         return made[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def modelopt_checkpoint(tmp_path_factory):
+    """algo -> (checkpoint quantized and exported by nvidia-modelopt, its modelopt-dequantized copy).
+
+    MIXED_PRECISION also carries ModelOpt's FP8 KV-cache scales (k_proj.k_scale / v_proj.v_scale).
+    """
+    pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (the `quant` extra)")
+    from modelopt_harness import dequantized_copy
+
+    from nemodeploy.engine.tiny import write_tiny_modelopt_checkpoint
+
+    made = {}
+
+    def get(algo: str):
+        if algo not in made:
+            quantized = write_tiny_modelopt_checkpoint(tmp_path_factory.mktemp(algo.lower()), algo,
+                                                       kv_cache_fp8=algo == "MIXED_PRECISION")
+            made[algo] = quantized, dequantized_copy(quantized, tmp_path_factory.mktemp(f"{algo.lower()}-dequantized"))
+        return made[algo]
+
+    return get

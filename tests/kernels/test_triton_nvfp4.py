@@ -65,3 +65,27 @@ def test_w4a16_experts_skip_other_ranks_experts(device):
 @pytest.mark.parametrize("tokens", [1, 64, 512])
 def test_w4a16_experts_at_ultra_width(tokens):
     _check(tokens, num_experts=16, latent=2048, ffn=5120, device="cuda")
+
+
+@pytest.mark.parametrize("tokens", [1, 9])
+def test_w4a16_linear_matches_dequantised_reference(device, tokens):
+    """linear_nvfp4 (a one-expert grouped GEMM) and the reference table entry agree with x @ dequant(W)^T."""
+    torch.manual_seed(tokens)
+    q = nvfp4.quantize(torch.randn(48, 64) / 8)
+    weight = nvfp4.NVFP4Weight(q.packed.to(device), q.scales.to(device), q.global_scale.to(device))
+    x = torch.randn(tokens, 64, device=device).to(torch.bfloat16)
+    ref = x.float() @ nvfp4.dequantize(weight, torch.float32).T
+    out = triton_nvfp4.linear_nvfp4(x, weight, config=TINY)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    torch.testing.assert_close(torch_ops.linear_nvfp4(x.float(), weight).float(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_nvfp4_experts_equal_the_dense_reference_on_dequantised_weights():
+    torch.manual_seed(0)
+    q_up, q_down = _quantised_experts(4, 32, 48, "cpu")
+    x = torch.randn(6, 32)
+    weights, ids = torch_ops.moe_route(torch.randn(6, 8), None, 2, 1, 1, True, 1.0)
+    out = torch_ops.routed_experts_nvfp4(x, q_up, q_down, weights, ids, 4)  # this rank holds experts 4..7
+    ref = torch_ops.routed_experts(x, nvfp4.dequantize(q_up, torch.float32), nvfp4.dequantize(q_down, torch.float32), weights, ids, 4)
+    assert out.abs().max() > 0
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

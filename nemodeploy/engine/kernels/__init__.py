@@ -46,6 +46,10 @@ channels, K = conv kernel width, E = experts on this rank, k = experts per token
   live on this rank (ids in [expert_start, expert_start + E)) of
   weight * down(relu(up(x))^2); fp32 accumulation. Other experts contribute zero (their
   rank adds them in the all-reduce).
+- routed_experts_nvfp4(x, w_up: NVFP4Weight, w_down: NVFP4Weight, weights, ids, expert_start):
+  routed_experts with NVFP4 weights of logical shapes [E, I, Din] / [E, Din, I] (nvfp4.py);
+  W4A16: the activations stay in x's dtype.
+- linear_nvfp4(x [T, K], weight: NVFP4Weight of logical shape [N, K]) -> [T, N] in x's dtype.
 - write_kv(k [T, Hkv, Dh], v [T, Hkv, Dh], k_cache [NB, BS, Hkv, Dh], v_cache,
   slot_mapping [T] int64): k_cache.view(-1, Hkv, Dh)[slot_mapping] = k (in place).
 - paged_attention(q [T, Hq, Dh], k_cache, v_cache, block_tables [B, max_blocks] int32,
@@ -74,6 +78,8 @@ OP_NAMES = (
     "selective_state_update",
     "moe_route",
     "routed_experts",
+    "routed_experts_nvfp4",
+    "linear_nvfp4",
     "write_kv",
     "paged_attention",
 )
@@ -89,6 +95,8 @@ class Kernels:
     selective_state_update: Callable
     moe_route: Callable
     routed_experts: Callable
+    routed_experts_nvfp4: Callable
+    linear_nvfp4: Callable
     write_kv: Callable
     paged_attention: Callable
 

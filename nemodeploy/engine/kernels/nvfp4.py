@@ -33,6 +33,14 @@ class NVFP4Weight:
         """Logical shape [..., N, K] of the dequantised matrix."""
         return (*self.packed.shape[:-1], self.packed.shape[-1] * 2)
 
+    def expert(self, e: int) -> "NVFP4Weight":
+        """Matrix `e` of a stacked [E, N, K] weight."""
+        return NVFP4Weight(self.packed[e], self.scales[e], self.global_scale[e])
+
+    def stacked(self) -> "NVFP4Weight":
+        """A single matrix [N, K] as a stack of one, [1, N, K] (what the grouped GEMM takes)."""
+        return NVFP4Weight(self.packed[None], self.scales[None], self.global_scale.reshape(1))
+
 
 def quantize(weight: torch.Tensor) -> NVFP4Weight:
     """Quantise [..., N, K] to NVFP4 with one global scale per matrix (the last two dims)."""

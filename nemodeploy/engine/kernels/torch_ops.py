@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nemodeploy.engine.kernels import nvfp4
+from nemodeploy.engine.kernels.nvfp4 import NVFP4Weight
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
@@ -195,14 +198,35 @@ def routed_experts(
     ids: torch.Tensor,
     expert_start: int,
 ) -> torch.Tensor:
+    return _routed_experts(x, lambda e: w_up[e], lambda e: w_down[e], w_up.shape[0], weights, ids, expert_start)
+
+
+def routed_experts_nvfp4(
+    x: torch.Tensor,
+    w_up: NVFP4Weight,
+    w_down: NVFP4Weight,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    expert_start: int,
+) -> torch.Tensor:
+    """routed_experts on NVFP4 weights, dequantizing only the experts some token is sent to."""
+    up, down = (lambda e: nvfp4.dequantize(w_up.expert(e), x.dtype)), (lambda e: nvfp4.dequantize(w_down.expert(e), x.dtype))
+    return _routed_experts(x, up, down, w_up.shape[0], weights, ids, expert_start)
+
+
+def _routed_experts(x, up_of, down_of, num_local: int, weights, ids, expert_start: int) -> torch.Tensor:
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     local = ids - expert_start
-    for e in torch.unique(local[(local >= 0) & (local < w_up.shape[0])]).tolist():
+    for e in torch.unique(local[(local >= 0) & (local < num_local)]).tolist():
         token, slot = torch.where(local == e)
-        h = torch.relu(F.linear(x[token], w_up[e])).square()
-        h = F.linear(h, w_down[e]) * weights[token, slot, None]
+        h = torch.relu(F.linear(x[token], up_of(e))).square()
+        h = F.linear(h, down_of(e)) * weights[token, slot, None]
         out.index_add_(0, token, h.float())
     return out.to(x.dtype)
+
+
+def linear_nvfp4(x: torch.Tensor, weight: NVFP4Weight) -> torch.Tensor:
+    return F.linear(x, nvfp4.dequantize(weight, x.dtype))
 
 
 def write_kv(

@@ -141,3 +141,11 @@ def routed_experts_nvfp4(
     out = nvfp4_grouped_gemm(hidden, w_down, groups, a_per_token=False, relu2=False,
                              pair_weights=pair_weights, config=config)
     return out.view(num_tokens, top_k, -1).sum(1, dtype=torch.float32).to(x.dtype)
+
+
+def linear_nvfp4(x: torch.Tensor, weight: NVFP4Weight, config: GemmConfig | None = None) -> torch.Tensor:
+    """x [T, K] @ W^T for one NVFP4 matrix W of logical shape [N, K]: the grouped GEMM with one expert."""
+    config = config or pick_config(x.shape[0])
+    ids = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+    groups = align_by_expert(ids, 1, config.block_m)
+    return nvfp4_grouped_gemm(x, weight.stacked(), groups, a_per_token=True, relu2=False, config=config)

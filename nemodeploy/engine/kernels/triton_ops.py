@@ -3,7 +3,7 @@
 Ops missing here (rms_norm, write_kv, paged_attention) keep their PyTorch reference.
 """
 
-from nemodeploy.engine.kernels import triton_mamba, triton_moe
+from nemodeploy.engine.kernels import triton_mamba, triton_moe, triton_nvfp4
 
 KERNELS = {
     "gated_rms_norm": triton_mamba.gated_rms_norm,
@@ -13,4 +13,6 @@ KERNELS = {
     "selective_state_update": triton_mamba.selective_state_update,
     "moe_route": triton_moe.moe_route,
     "routed_experts": triton_moe.routed_experts,
+    "routed_experts_nvfp4": triton_nvfp4.routed_experts_nvfp4,
+    "linear_nvfp4": triton_nvfp4.linear_nvfp4,
 }

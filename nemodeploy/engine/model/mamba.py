@@ -19,12 +19,15 @@ from torch import nn
 from nemodeploy.engine.batch import BatchMetadata
 from nemodeploy.engine.cache import HybridCache
 from nemodeploy.engine.kernels import Kernels
+from nemodeploy.engine.model.linear import Linear
 from nemodeploy.engine.model.parallel import ParallelConfig, all_reduce, rows_loader, set_loader, shard_range
+from nemodeploy.engine.quant.config import QuantConfig
 from nemodeploy.models.config import NemotronHConfig
 
 
 class MambaMixer(nn.Module):
-    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, prefix: str, cache_key: str, ops: Kernels, dtype: torch.dtype) -> None:
+    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, prefix: str, cache_key: str, ops: Kernels, dtype: torch.dtype,
+                 quant: QuantConfig) -> None:
         super().__init__()
         if config.mamba_proj_bias:
             raise ValueError("mamba_proj_bias is not supported")
@@ -47,23 +50,21 @@ class MambaMixer(nn.Module):
         in_rows = [x_rows] + [(d_inner + s, c) for s, c in conv_rows] + [(2 * d_inner + 2 * G * N + h0, self.num_heads)]
         heads = [(h0, self.num_heads)]
 
-        self.in_proj = nn.Linear(config.hidden_size, self.inner + self.conv_dim + self.num_heads, bias=False, dtype=dtype)
+        self.in_proj = Linear(config.hidden_size, self.inner + self.conv_dim + self.num_heads, f"{prefix}.in_proj", quant, ops, dtype, 0, in_rows)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, config.conv_kernel, groups=self.conv_dim, bias=config.use_conv_bias, dtype=dtype)
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32))
         self.A_log = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32))
         self.D = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32))
         self.norm = nn.Module()
         self.norm.weight = nn.Parameter(torch.empty(self.inner, dtype=dtype))
-        self.out_proj = nn.Linear(self.inner, config.hidden_size, bias=False, dtype=dtype)
+        self.out_proj = Linear(self.inner, config.hidden_size, f"{prefix}.out_proj", quant, ops, dtype, 1, [x_rows])
 
-        set_loader(self.in_proj.weight, rows_loader(f"{prefix}.in_proj.weight", 0, in_rows))
         set_loader(self.conv1d.weight, rows_loader(f"{prefix}.conv1d.weight", 0, conv_rows))
         if self.conv1d.bias is not None:
             set_loader(self.conv1d.bias, rows_loader(f"{prefix}.conv1d.bias", 0, conv_rows))
         for name in ("dt_bias", "A_log", "D"):
             set_loader(getattr(self, name), rows_loader(f"{prefix}.{name}", 0, heads))
         set_loader(self.norm.weight, rows_loader(f"{prefix}.norm.weight", 0, [x_rows]))
-        set_loader(self.out_proj.weight, rows_loader(f"{prefix}.out_proj.weight", 1, [x_rows]))
         self.requires_grad_(False)
 
     def _split_xbc(self, xbc: torch.Tensor):
@@ -77,7 +78,7 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, batch: BatchMetadata, cache: HybridCache) -> torch.Tensor:
         ops = self.ops
-        z, xbc, dt = F.linear(hidden, self.in_proj.weight).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
+        z, xbc, dt = self.in_proj(hidden).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
         conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
         conv_states, ssm_states = cache.conv[self.cache_key], cache.ssm[self.cache_key]
         A = -torch.exp(self.A_log.float())
@@ -103,7 +104,7 @@ class MambaMixer(nn.Module):
                 x, dt[nt:], A, B, C, self.D, self.dt_bias, self.chunk_size, self.dt_limit, ssm_states, qsl, slots, has_state
             )
         normed = self._gated_norm(y.flatten(1), z)
-        return all_reduce(F.linear(normed.to(hidden.dtype), self.out_proj.weight), self.parallel.tp_size)
+        return all_reduce(self.out_proj(normed.to(hidden.dtype)), self.parallel.tp_size)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.norm_group_size <= self.inner:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nemodeploy.engine.model.parallel import ParallelConfig, all_reduce, rows_loader, set_loader, shard_range
+from nemodeploy.engine.kernels import Kernels
+from nemodeploy.engine.model.linear import Linear
+from nemodeploy.engine.model.parallel import ParallelConfig, all_reduce, shard_range
+from nemodeploy.engine.quant.config import QuantConfig
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
@@ -14,14 +16,13 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, parallel: ParallelConfig, prefix: str, dtype: torch.dtype) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, parallel: ParallelConfig, prefix: str, ops: Kernels,
+                 dtype: torch.dtype, quant: QuantConfig) -> None:
         super().__init__()
         start, count = shard_range(intermediate_size, parallel.tp_rank, parallel.tp_size)
         self.parallel = parallel
-        self.up_proj = nn.Linear(hidden_size, count, bias=False, dtype=dtype)
-        self.down_proj = nn.Linear(count, hidden_size, bias=False, dtype=dtype)
-        set_loader(self.up_proj.weight, rows_loader(f"{prefix}.up_proj.weight", 0, [(start, count)]))
-        set_loader(self.down_proj.weight, rows_loader(f"{prefix}.down_proj.weight", 1, [(start, count)]))
+        self.up_proj = Linear(hidden_size, count, f"{prefix}.up_proj", quant, ops, dtype, 0, [(start, count)])
+        self.down_proj = Linear(count, hidden_size, f"{prefix}.down_proj", quant, ops, dtype, 1, [(start, count)])
         self.requires_grad_(False)
 
     @property
@@ -30,5 +31,5 @@ class MLP(nn.Module):
         return self.parallel.tp_size > 1
 
     def forward(self, x: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-        out = F.linear(relu2(F.linear(x, self.up_proj.weight)), self.down_proj.weight)
+        out = self.down_proj(relu2(self.up_proj(x)))
         return all_reduce(out, self.parallel.tp_size) if reduce else out

@@ -7,6 +7,9 @@ tp_size > 1 (and ep_size 1) every rank holds every expert's slice of the interme
 way a rank's routed output is a partial sum over ranks, combined with one all-reduce (after
 fc2_latent_proj, which is linear, so the latent sum need not be reduced first). The shared
 expert joins that all-reduce when it is tensor-sharded and is added after it otherwise.
+
+Quantized experts (quant/): NVFP4 experts run the `routed_experts_nvfp4` kernel on their packed
+tensors (W4A16); FP8 experts are dequantized to the activation dtype for `routed_experts`.
 """
 
 from __future__ import annotations
@@ -16,21 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemodeploy.engine.kernels import Kernels
+from nemodeploy.engine.model.linear import ExpertWeights, Linear
 from nemodeploy.engine.model.mlp import MLP
-from nemodeploy.engine.model.parallel import ParallelConfig, all_reduce, set_loader, shard_range
+from nemodeploy.engine.model.parallel import ParallelConfig, all_reduce, shard_range
+from nemodeploy.engine.quant.config import NVFP4, QuantConfig
+from nemodeploy.engine.quant.formats import nvfp4_weight
 from nemodeploy.models.config import NemotronHConfig
 
 
-def _experts_loader(prefix: str, proj: str, experts: range, dim: int, start: int, count: int):
-    def load(read):
-        lead = (slice(None),) * dim
-        return torch.stack([read(f"{prefix}.experts.{e}.{proj}.weight")[lead + (slice(start, start + count),)] for e in experts])
-
-    return load
-
-
 class MoE(nn.Module):
-    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, prefix: str, ops: Kernels, dtype: torch.dtype) -> None:
+    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, prefix: str, ops: Kernels, dtype: torch.dtype,
+                 quant: QuantConfig) -> None:
         super().__init__()
         if config.mlp_bias:
             raise ValueError("mlp_bias is not supported in MoE layers")
@@ -40,18 +39,17 @@ class MoE(nn.Module):
         self.gate.weight = nn.Parameter(torch.empty(E, hidden, dtype=dtype), requires_grad=False)
         self.gate.e_score_correction_bias = nn.Parameter(torch.empty(E, dtype=torch.float32), requires_grad=False)
         if latent is not None:
-            self.fc1_latent_proj = nn.Linear(hidden, latent, bias=False, dtype=dtype)
-            self.fc2_latent_proj = nn.Linear(latent, hidden, bias=False, dtype=dtype)
+            self.fc1_latent_proj = Linear(hidden, latent, f"{prefix}.fc1_latent_proj", quant, ops, dtype)
+            self.fc2_latent_proj = Linear(latent, hidden, f"{prefix}.fc2_latent_proj", quant, ops, dtype)
         self.expert_start, n_local = shard_range(E, parallel.ep_rank, parallel.ep_size)
         i_start, i_count = shard_range(config.moe_intermediate_size, parallel.tp_rank, parallel.tp_size) if parallel.ep_size == 1 else (0, config.moe_intermediate_size)
         width = config.expert_input_size
         experts = range(self.expert_start, self.expert_start + n_local)
-        self.w_up = nn.Parameter(torch.empty(n_local, i_count, width, dtype=dtype), requires_grad=False)
-        self.w_down = nn.Parameter(torch.empty(n_local, width, i_count, dtype=dtype), requires_grad=False)
-        set_loader(self.w_up, _experts_loader(prefix, "up_proj", experts, 0, i_start, i_count))
-        set_loader(self.w_down, _experts_loader(prefix, "down_proj", experts, 1, i_start, i_count))
+        rows = [(i_start, i_count)]
+        self.w_up = ExpertWeights(prefix, "up_proj", experts, i_count, width, quant, dtype, 0, rows)
+        self.w_down = ExpertWeights(prefix, "down_proj", experts, width, i_count, quant, dtype, 1, rows)
         self.shared_experts = (
-            MLP(hidden, config.moe_shared_expert_intermediate_size, parallel, f"{prefix}.shared_experts", dtype)
+            MLP(hidden, config.moe_shared_expert_intermediate_size, parallel, f"{prefix}.shared_experts", ops, dtype, quant)
             if config.n_shared_experts and config.moe_shared_expert_intermediate_size
             else None
         )
@@ -64,12 +62,18 @@ class MoE(nn.Module):
             logits, self.gate.e_score_correction_bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
             cfg.norm_topk_prob, cfg.routed_scaling_factor,
         )
-        latent = F.linear(x, self.fc1_latent_proj.weight) if cfg.moe_latent_size is not None else x
-        routed = self.ops.routed_experts(latent, self.w_up, self.w_down, weights, ids, self.expert_start)
-        out = F.linear(routed, self.fc2_latent_proj.weight) if cfg.moe_latent_size is not None else routed
+        latent = self.fc1_latent_proj(x) if cfg.moe_latent_size is not None else x
+        routed = self._experts(latent, weights, ids)
+        out = self.fc2_latent_proj(routed) if cfg.moe_latent_size is not None else routed
         if self.shared_experts is None:
             return all_reduce(out, self.parallel.world_size)
         shared = self.shared_experts(x, reduce=False)
         if self.shared_experts.is_partial:
             return all_reduce(out + shared, self.parallel.world_size)
         return all_reduce(out, self.parallel.world_size) + shared
+
+    def _experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.w_up.format == NVFP4:
+            return self.ops.routed_experts_nvfp4(x, nvfp4_weight(self.w_up), nvfp4_weight(self.w_down), weights, ids, self.expert_start)
+        up, down = self.w_up.dense(x.dtype), self.w_down.dense(x.dtype)
+        return self.ops.routed_experts(x, up, down, weights, ids, self.expert_start)

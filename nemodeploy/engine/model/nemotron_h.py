@@ -7,25 +7,27 @@ the loader reads every unsharded tensor under its own name.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nemodeploy.engine.batch import BatchMetadata
 from nemodeploy.engine.cache import HybridCache, layer_key
 from nemodeploy.engine.kernels import Kernels, get_kernels
 from nemodeploy.engine.model.layer import DecoderLayer
+from nemodeploy.engine.model.linear import Linear
 from nemodeploy.engine.model.mtp import MTP
 from nemodeploy.engine.model.norm import RMSNorm
 from nemodeploy.engine.model.parallel import ParallelConfig
+from nemodeploy.engine.quant.config import QuantConfig
 from nemodeploy.models.config import NemotronHConfig
 
 
 class Backbone(nn.Module):
-    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, ops: Kernels, dtype: torch.dtype) -> None:
+    def __init__(self, config: NemotronHConfig, parallel: ParallelConfig, ops: Kernels, dtype: torch.dtype,
+                 quant: QuantConfig) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(kind, config, parallel, layer_key(i), ops, dtype) for i, kind in enumerate(config.layer_types)
+            DecoderLayer(kind, config, parallel, layer_key(i), ops, dtype, quant) for i, kind in enumerate(config.layer_types)
         )
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon, ops, dtype)
 
@@ -44,15 +46,16 @@ class NemotronHForCausalLM(nn.Module):
         dtype: torch.dtype = torch.bfloat16,
         ops: Kernels | None = None,
         with_mtp: bool = True,
+        quant: QuantConfig = QuantConfig(),
     ) -> None:
         super().__init__()
         if config.model_type != "nemotron_h":
             raise ValueError(f"model_type {config.model_type!r} is not nemotron_h")
         self.config, self.parallel = config, parallel
         self.ops = ops or get_kernels("cpu")
-        self.backbone = Backbone(config, parallel, self.ops, dtype)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
-        self.mtp = MTP(config, parallel, self.ops, dtype) if with_mtp and config.num_nextn_predict_layers else None
+        self.backbone = Backbone(config, parallel, self.ops, dtype, quant)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, "lm_head", quant, self.ops, dtype)
+        self.mtp = MTP(config, parallel, self.ops, dtype, quant) if with_mtp and config.num_nextn_predict_layers else None
         self.requires_grad_(False)
 
     def forward(self, input_ids: torch.Tensor, batch: BatchMetadata, cache: HybridCache) -> torch.Tensor:
@@ -62,7 +65,7 @@ class NemotronHForCausalLM(nn.Module):
         return self.backbone.norm_f(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head.weight).float()
+        return self.lm_head(hidden).float()
 
     def mtp_forward(self, input_ids: torch.Tensor, previous_hidden: torch.Tensor, batch: BatchMetadata, cache: HybridCache) -> torch.Tensor:
         """One MTP step: hidden [T, hidden] for draft logits (compute_logits) at the next-next token.

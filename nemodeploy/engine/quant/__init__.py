@@ -1,0 +1,1 @@
+"""Quantized checkpoints: which module is stored how (config.py) and the tensors each format holds (formats.py)."""
