@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
+import urllib.request
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -10,3 +12,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def http_ok(url: str, timeout: float = 5.0) -> bool:
+    """Whether GET `url` answers 200 within `timeout` (an engine's /health); any failure is False."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

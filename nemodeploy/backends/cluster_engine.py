@@ -8,6 +8,11 @@ Ray address) and the driver's pid and log sit in one folder on the head. The eng
 health URL goes into the cluster state, so `status` shows it; `stop_engine` (before
 `down`) ends the driver, and with it the ranks it owns.
 
+The server binds the head's (non-loopback) address, so it always requires an API key:
+`start_engine` writes it to a 0600 file on the head (nemodeploy.cluster.secrets) and
+the driver reads it from there; it is never on a command line. A driver that exits
+during start-up is a one-line ClusterError with its last log line and the log's path.
+
 /health here also asks every rank: a rank that died while the engine was idle turns it
 to 503 with a JSON body that names the rank and its node.
 """
@@ -17,24 +22,34 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from nemodeploy.backends.engine_config import LaunchError, engine_config
-from nemodeploy.cluster import state as cluster_state
+from nemodeploy.cluster import secrets, state as cluster_state
 from nemodeploy.cluster.errors import ClusterError
-from nemodeploy.cluster.ray_bringup import CLUSTER_ENV, env_assignments, node_env
-from nemodeploy.cluster.ssh import Shell, Target, connect, quote
+from nemodeploy.cluster.ray_bringup import CLUSTER_ENV, ray_python
+from nemodeploy.cluster.ssh import Shell, Target, connect, sh
+from nemodeploy.net import http_ok
+from nemodeploy.topology.netenv import node_env
 
 MODULE = "nemodeploy.backends.cluster_engine"
-# the interpreter of the node's `ray` script: the one that has ray (and nemodeploy) installed
-_FIND_PYTHON = "PY=$(sed -n '1s/^#!//p' \"$(command -v ray)\")"
 HEALTH_TIMEOUT_S = 5.0
+API_KEY_FILE_ENV = "NEMODEPLOY_API_KEY_FILE"
+
+# Run in the engine's folder: the driver in the background, its pid recorded. "$@" is the driver's
+# argv; nohup and the env/sh of ray_python all exec, so $! ends up being the driver itself.
+_START = 'cd "$1" || exit 1; shift; rm -f engine.log; nohup "$@" > engine.log 2>&1 < /dev/null & echo $! > engine.pid'
+_PID = 'pid=$(cat "$1"/engine.pid 2>/dev/null) && grep -qa "$2" /proc/"$pid"/cmdline 2>/dev/null && echo "$pid"'
+_KILL = ('kill "$1"; i=0; while [ $i -lt "$2" ]; do kill -0 "$1" 2>/dev/null || exit 0; sleep 0.2; i=$((i + 1)); done; '
+         'kill -9 "$1"')
 
 
-def _head(state: cluster_state.ClusterState) -> tuple[cluster_state.NodeState, Target]:
-    index, head = next((i, n) for i, n in enumerate(state.nodes) if n.head)
+def _head(state: cluster_state.ClusterState) -> tuple[cluster_state.NodeState, Target] | None:
+    """The head as recorded, or None when a partial `down` already stopped it (only workers are left)."""
+    found = next(((i, n) for i, n in enumerate(state.nodes) if n.head), None)
+    if found is None:
+        return None
+    index, head = found
     return head, Target(head.name, head.address, head.ssh_user, head.ssh_port, head.ssh_key, index)
 
 
@@ -70,19 +85,22 @@ def launch_spec(topology, plan, gcs_address: str) -> dict:
 
 
 def _check_model(shell: Shell, model: str) -> None:
-    if shell.run(f"test -f {quote(model + '/config.json')}", timeout=30).rc != 0:
+    if shell.run(["test", "-f", f"{model}/config.json"], timeout=30).rc != 0:
         raise ClusterError(f"the model directory {model} (with config.json) is missing on this node; "
                            "copy the checkpoint to the same path on every node", shell.target.name)
 
 
-def start_engine(topology, plan, port: int | None = None, api_key: str | None = None,
-                 timeout: float = 300.0) -> str:
-    """Start the engine on the cluster `up` brought up for `topology`; returns its health URL once it is 200."""
+def start_engine(topology, plan, api_key: str, port: int | None = None, timeout: float = 300.0) -> str:
+    """Start the engine on the cluster `up` brought up for `topology`, requiring `api_key`; returns its
+    health URL once it is 200."""
+    if not api_key:
+        raise ClusterError("the engine binds the head's network address: an API key is required")
     state = cluster_state.load(topology.name)
-    if state is None:
+    head = _head(state) if state is not None else None
+    if head is None:
         raise ClusterError(f"cluster {topology.name!r} is not up; run `nemodeploy up` first")
     spec = launch_spec(topology, plan, state.gcs_address)
-    head, head_target = _head(state)
+    head, head_target = head
     port = port or topology.engine.port
     by_address = {n.address: (i, n) for i, n in enumerate(state.nodes)}
     for address in dict.fromkeys([head.address, *spec["rank_nodes"]]):
@@ -97,18 +115,19 @@ def start_engine(topology, plan, port: int | None = None, api_key: str | None = 
         if _running_pid(shell, folder):
             raise ClusterError(f"an engine already runs on the head (see {folder}); `nemodeploy down` stops it",
                                head.name)
-        shell.check(f"mkdir -p {folder} && printf %s {quote(json.dumps(spec))} > {folder}/spec.json",
+        shell.check(sh('mkdir -p -- "$1" && printf %s "$2" > "$1"/spec.json', folder, json.dumps(spec)),
                     what="writing the engine's launch spec")
-        env = env_assignments({**CLUSTER_ENV, **({"NEMODEPLOY_API_KEY": api_key} if api_key else {})})
-        # a simple command in the background (not a list, which would run in a subshell): $! is the driver itself
-        shell.check(f"{_FIND_PYTHON}; cd {folder} || exit 1; {env}nohup \"$PY\" -m {MODULE} serve --spec spec.json "
-                    f"--host {head.address} --port {port} > engine.log 2>&1 < /dev/null & echo $! > engine.pid",
-                    what="starting the engine")
+        key_path = secrets.remote_path(secrets.API_KEY)
+        shell.put_secret(key_path, api_key)
+        driver = ray_python("-m", MODULE, "serve", "--spec", "spec.json", "--host", head.address, "--port", str(port),
+                            env={**CLUSTER_ENV, API_KEY_FILE_ENV: key_path})
+        shell.check(sh(_START, folder, *driver), what="starting the engine")
         deadline = time.monotonic() + timeout
-        while not _healthy(health_url):
+        while not http_ok(health_url, HEALTH_TIMEOUT_S):
             if not _running_pid(shell, folder):
-                log = shell.run(f"tail -n 15 {folder}/engine.log", timeout=30).out.strip()
-                raise ClusterError(f"the engine exited during start-up; {folder}/engine.log ends:\n{log}", head.name)
+                _stop(shell, folder)
+                raise ClusterError(f"the engine exited during start-up: {_last_error(shell, folder)} "
+                                   f"(log: {head.address}:{folder}/engine.log)", head.name)
             if time.monotonic() > deadline:
                 _stop(shell, folder)
                 raise ClusterError(f"the engine did not answer {health_url} within {timeout:.0f} s; "
@@ -118,36 +137,35 @@ def start_engine(topology, plan, port: int | None = None, api_key: str | None = 
     return health_url
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def _last_error(shell: Shell, folder: str) -> str:
+    """The log's last line that looks like an error (a traceback ends with it), else its last line."""
+    lines = [line.strip() for line in shell.run(["tail", "-n", "200", "--", f"{folder}/engine.log"], timeout=30)
+             .out.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    last = (errors or lines or ["(empty log)"])[-1]
+    return last if len(last) <= 300 else last[:297] + "..."
 
 
 def _running_pid(shell: Shell, folder: str) -> str | None:
     """The driver's pid when it still runs our module (a recycled pid is not ours)."""
-    out = shell.run(f"pid=$(cat {folder}/engine.pid 2>/dev/null) && grep -qa {MODULE} /proc/$pid/cmdline "
-                    "2>/dev/null && echo $pid", timeout=30).out.strip()
-    return out or None
+    return shell.run(sh(_PID, folder, MODULE), timeout=30).out.strip() or None
 
 
 def _stop(shell: Shell, folder: str, grace_s: int = 20) -> bool:
     pid = _running_pid(shell, folder)
     if pid:
-        shell.run(f"kill {pid}; for i in $(seq {grace_s * 5}); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.2; "
-                  f"done; kill -9 {pid}", timeout=grace_s + 30)
-    shell.run(f"rm -f {folder}/engine.pid", timeout=30)
+        shell.run(sh(_KILL, pid, str(grace_s * 5)), timeout=grace_s + 30)
+    shell.run(["rm", "-f", "--", f"{folder}/engine.pid", secrets.remote_path(secrets.API_KEY)], timeout=30)
     return pid is not None
 
 
 def stop_engine(topology_name: str) -> bool:
     """Stop the engine `start_engine` started (call before `down`); False if none was running."""
     state = cluster_state.load(topology_name)
-    if state is None:
+    head = _head(state) if state is not None else None
+    if head is None:
         return False
-    head, target = _head(state)
+    head, target = head
     with connect(target, state.known_hosts) as shell:
         stopped = _stop(shell, engine_dir(head))
     if state.engine is not None:
@@ -213,7 +231,7 @@ def serve(spec_path: str, host: str, port: int) -> None:
     ray.init(address=spec["ray_address"], _node_ip_address=spec["node_ip_address"], namespace="nemodeploy",
              log_to_driver=False)
     try:
-        app, async_engine = _app(spec, os.environ.get("NEMODEPLOY_API_KEY"))
+        app, async_engine = _app(spec, Path(os.environ[API_KEY_FILE_ENV]).read_text().strip())
         try:
             uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         finally:

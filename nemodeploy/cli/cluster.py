@@ -12,10 +12,11 @@ from typing import TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nemodeploy.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, fail, load_topology
-from nemodeploy.cluster import testhosts as hosts
+from nemodeploy.cluster import secrets, state as cluster_state, testhosts as hosts
 from nemodeploy.cluster.errors import ClusterError
 from nemodeploy.cluster.lifecycle import cluster_status, down_cluster, fetch_logs, up_cluster
 from nemodeploy.cluster.ssh import KNOWN_HOSTS_ENV
@@ -40,39 +41,88 @@ def up_cluster_command(
     api_key: str | None = None,
     known_hosts: str | None = None,
 ) -> None:
-    """Bring up the Ray cluster, then the embedded engine on it; both steps leave what already runs alone."""
-    from nemodeploy.backends.cluster_engine import start_engine, stop_engine
+    """Bring up the Ray cluster, then the embedded engine on it; both steps leave what already runs alone.
+
+    The engine always requires an API key (it binds the head's network address): the one given,
+    else the one kept from an earlier `up`, else a new one, shown once. If the engine fails to
+    start on a cluster this call brought up, Ray is stopped again: nothing is left running.
+    """
     from nemodeploy.backends.engine_config import LaunchError
 
     console = Console(stderr=True)
+    new_cluster = _or_exit(lambda: cluster_state.load(topology.name)) is None
     state = _or_exit(lambda: up_cluster(topology, accept_new_host_keys, known_hosts, console))
     console.print(f"Ray cluster [bold]{topology.name}[/] up: {len(state.nodes)} nodes, head at {state.gcs_address}")
     if plan is None:
         return
     engine = _or_exit(lambda: cluster_status(topology)).engine
     if engine is not None and engine.healthy:
+        stored = secrets.read(topology.name, secrets.API_KEY)
+        if api_key and engine.kind in ("embedded", "vllm") and not (stored and secrets.matches(api_key, stored)):
+            fail(f"nemodeploy: {topology.name}: the engine already serves with another API key; "
+                 f"`nemodeploy down {topology.name}` first to change it", EXIT_BAD_INPUT)
         console.print(f"engine already serving: {engine.health_url}")
         return
-    if engine is not None:  # a rank died with its node: restart the engine over the nodes `up` brought back
-        console.print(f"engine unhealthy ({engine.detail}); restarting it")
-        _or_exit(lambda: stop_engine(topology.name))
+    start = _start_embedded
+    if plan.engine == "vllm":
+        from nemodeploy.cli.cluster_vllm import start_vllm_engine as start
     try:
-        health_url = _or_exit(lambda: start_engine(topology, plan, port=port, api_key=api_key))
-    except LaunchError as err:
-        fail(f"nemodeploy: {topology.name}: {err}", EXIT_BAD_INPUT)
+        health_url, key, generated = start(topology, plan, console, engine, port, api_key)
+    except (ClusterError, LaunchError) as err:
+        if new_cluster:
+            try:
+                down_cluster(topology)
+                undone = "; Ray stopped again"
+            except ClusterError as down_err:
+                undone = f"; stopping Ray again failed too: {down_err}"
+        else:
+            undone = ""
+        prefix = f"{topology.name}: " if isinstance(err, LaunchError) else ""
+        fail(f"nemodeploy: {prefix}{err}{undone}", EXIT_BAD_INPUT if isinstance(err, LaunchError) else EXIT_FAILED)
     endpoint = health_url.removesuffix("/health")
     console.print(f"engine serving at [bold]{endpoint}/v1[/] (tp {plan.parallel.tp_size}, ep {plan.parallel.ep_size}); "
                   f"`nemodeploy down {topology.name}` stops it and the cluster")
+    if generated:
+        where = secrets.local_dir(topology.name) / secrets.API_KEY
+        console.print(f"API key (generated, shown once; kept in {where}, mode 0600): "
+                      "clients send 'Authorization: Bearer KEY'")
+        click.echo(key)
+
+
+def _start_embedded(topology, plan, console: Console, engine, port: int | None, api_key: str | None):
+    """(health URL, key, generated): the engine started (after stopping an unhealthy one)."""
+    from nemodeploy.backends.cluster_engine import start_engine, stop_engine
+
+    if engine is not None:  # a rank died with its node: restart the engine over the nodes `up` brought back
+        console.print(f"engine unhealthy ({engine.detail}); restarting it")
+        stop_engine(topology.name)
+    key, generated = secrets.engine_api_key(topology.name, api_key)
+    return start_engine(topology, plan, api_key=key, port=port), key, generated
 
 
 def down_cluster_command(topology: Topology | str) -> None:
+    """Stop the engine (vLLM or embedded), then Ray on every node. A step that fails is named and the
+    next steps run all the same; a later `down` finishes what this one could not."""
     from nemodeploy.backends.cluster_engine import stop_engine
+    from nemodeploy.backends.vllm_launch import stop_vllm
 
     name = topology if isinstance(topology, str) else topology.name
-    if _or_exit(lambda: stop_engine(name)):
-        click.echo(f"engine on {name} stopped")
-    stopped = _or_exit(lambda: down_cluster(topology))
-    click.echo(f"Ray stopped on {', '.join(stopped)}")
+    problems: list[str] = []
+
+    def attempt(action: Callable[[], T], done: Callable[[T], str]) -> None:
+        try:
+            result = action()
+        except ClusterError as err:
+            problems.append(str(err))
+            return
+        if result:
+            click.echo(done(result))
+
+    attempt(lambda: stop_vllm(name), lambda nodes: f"vLLM on {name} stopped ({', '.join(nodes)})")
+    attempt(lambda: stop_engine(name), lambda _: f"engine on {name} stopped")
+    attempt(lambda: down_cluster(topology), lambda nodes: f"Ray stopped on {', '.join(nodes)}")
+    if problems:
+        fail(f"nemodeploy: {'; '.join(problems)}", EXIT_FAILED)
 
 
 def status_cluster_command(topology: Topology, as_json: bool) -> None:
@@ -86,7 +136,8 @@ def status_cluster_command(topology: Topology, as_json: bool) -> None:
         for node in status.nodes:
             color = "green" if node.state == "alive" else "red"
             resources = ", ".join(_resource(k, v) for k, v in sorted(node.resources.items()) if not k.startswith("node:"))
-            table.add_row(node.name, node.address, f"[{color}]{node.state}[/]", resources)
+            detail = f" ({escape(node.detail)})" if node.detail else ""
+            table.add_row(node.name, node.address, f"[{color}]{node.state}[/]{detail}", resources)
         Console().print(table)
         if status.engine:
             mark = "healthy" if status.engine.healthy else "UNHEALTHY"

@@ -3,7 +3,12 @@
 The head is the topology's first node. Every check (SSH login, host keys, Ray
 installed and of one version, ports free) runs on every node before anything is
 started, so a failed check leaves nothing running; a failure after a start
-stops what this call started.
+stops what this call started. Ray runs with token authentication: `up` copies the
+cluster's token (nemodeploy.cluster.secrets) to every node before it starts anything.
+
+`down` stops what it can reach and keeps the rest on record, so the next `down`
+finishes the job. `status` asks the GCS which nodes are alive and, from each node,
+whether it reaches the head's GCS port (a one-way partition looks alive to the GCS).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TypeVar
 
 from rich.console import Console
 
-from nemodeploy.cluster import ray_bringup, state as cluster_state
+from nemodeploy.cluster import ray_bringup, secrets, state as cluster_state
 from nemodeploy.cluster.errors import ClusterError
 from nemodeploy.cluster.progress import NodeSteps
 from nemodeploy.cluster.ray_bringup import RayNode, RaySettings
@@ -35,9 +40,12 @@ R = TypeVar("R")
 class NodeStatus:
     name: str
     address: str
-    state: str  # alive | dead (the GCS saw it die) | absent (never joined this cluster)
+    # alive | dead (the GCS saw it die) | absent (never joined this cluster)
+    # | cut-off (the GCS lists it alive, but it cannot reach the head's GCS port: see `detail`)
+    state: str
     node_id: str = ""
     resources: dict[str, float] = field(default_factory=dict)
+    detail: str = ""  # why it is cut off, or why it could not be asked (SSH)
 
 
 @dataclass
@@ -146,6 +154,24 @@ def _stop_quietly(shells: Iterable[Shell], settings: RaySettings) -> None:
     _parallel(shells, stop)
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
+def _cut_off(shell: Shell, gcs: str) -> str | None:
+    """Why this node cannot open a connection to the head's GCS port (`gcs` is host:port), or None."""
+    host, port = gcs.rsplit(":", 1)
+    failed = ray_bringup.unreachable_ports(shell, host, [int(port)], PROBE_TIMEOUT_S)
+    if not failed:
+        return None
+    return f"cannot reach the head's Ray port {gcs} ({failed[int(port)]})"
+
+
+def _require_reach(shell: Shell, gcs: str) -> None:
+    why = _cut_off(shell, gcs)
+    if why:
+        raise ClusterError(f"{why}; open TCP from this node to the head's ports (firewall, routes)", shell.target.name)
+
+
 def up_cluster(
     topology: Topology,
     accept_new_host_keys: bool = False,
@@ -163,11 +189,15 @@ def up_cluster(
     by_name = dict(zip((n.name for n in nodes), shells))
     started: list[Shell] = []
     try:
+        token = secrets.ray_token(topology.name)
+        _parallel(shells, lambda shell: ray_bringup.put_token(shell, token))
         with NodeSteps(console, [n.name for n in nodes]) as steps:
             table = ray_bringup.list_nodes(by_name[head_node.name], gcs)
             alive = {n.ip for n in table or [] if n.alive}
             head_up = head_node.address in alive
             to_start = [n for n in nodes if not head_up or n.address not in alive]
+            running = [n for n in nodes if n not in to_start and n is not head_node]
+            _parallel(running, lambda n: _require_reach(by_name[n.name], gcs))
             for node in nodes:
                 if node not in to_start:
                     steps.done(node.name, "already alive")
@@ -215,6 +245,9 @@ def _start(
 
     def start(node: Node) -> None:
         shell = by_name[node.name]
+        if node is not head_node:  # a worker cut from the GCS would only time out joining
+            steps.step(node.name, "checking the way to the head")
+            _require_reach(shell, gcs)
         steps.step(node.name, "ray start" + (" --head" if node is head_node else ""))
         started.append(shell)
         ray_bringup.start(shell, node, settings, None if node is head_node else gcs)
@@ -271,19 +304,28 @@ def _state_of(topology: Topology | str) -> ClusterState:
     return found
 
 
+def _node_targets(current: ClusterState) -> list[Target]:
+    return [Target(n.name, n.address, n.ssh_user, n.ssh_port, n.ssh_key, i) for i, n in enumerate(current.nodes)]
+
+
 def down_cluster(
     topology: Topology | str, known_hosts: str | None = None, settings: RaySettings | None = None
 ) -> list[str]:
-    """`ray stop` on every node that `up` recorded (workers first, then the head); returns their names."""
+    """`ray stop` on every node that `up` recorded (workers first, then the head); returns their names.
+
+    Nodes that cannot be reached stay on record and are named in the ClusterError; the
+    others are stopped all the same, so `down` once they are back finishes the job.
+    """
     settings = settings or RaySettings()
     current = _state_of(topology)
     known_hosts = known_hosts or current.known_hosts
-    targets = [Target(n.name, n.address, n.ssh_user, n.ssh_port, n.ssh_key, i) for i, n in enumerate(current.nodes)]
+    targets = _node_targets(current)
 
     def stop(target: Target) -> ClusterError | None:
         try:
             with connect(target, known_hosts) as shell:
                 ray_bringup.stop(shell, settings)
+                ray_bringup.remove_token(shell)
         except ClusterError as err:
             return err
         return None
@@ -292,33 +334,61 @@ def down_cluster(
     heads = [t for t, n in zip(targets, current.nodes) if n.head]
     results = dict(zip(workers, _parallel(workers, stop)))
     results.update(zip(heads, _parallel(heads, stop)))
-    failed = {t.name for t, err in results.items() if err is not None}
-    if failed:
-        current.nodes = [n for n in current.nodes if n.name in failed]
+    errors = {t.name: err for t, err in results.items() if err is not None}
+    names = [t.name for t in targets]
+    if errors:
+        current.nodes = [n for n in current.nodes if n.name in errors]
         cluster_state.save(current)
-        first = next(err for err in results.values() if err is not None)
-        raise ClusterError(f"{first} (Ray was stopped on the other nodes; run down again once it is fixed)")
+        failed = [n for n in names if n in errors]
+        done = [n for n in names if n not in errors]
+        raise ClusterError(
+            f"Ray stopped on {', '.join(done) or 'no node'}; could not stop {', '.join(failed)}: "
+            f"{'; '.join(str(errors[n]) for n in failed)}; run `nemodeploy down {current.topology}` again once "
+            f"{'it is' if len(failed) == 1 else 'they are'} reachable"
+        )
     cluster_state.forget(current.topology)
-    return [t.name for t in targets]
+    secrets.forget_ray_token(current.topology)
+    return names
 
 
 def cluster_status(
     topology: Topology, known_hosts: str | None = None, settings: RaySettings | None = None
 ) -> ClusterStatus:
-    """Which nodes the Ray GCS reports alive, with their resources, and the recorded engine's health."""
+    """Which nodes the Ray GCS reports alive, with their resources, and the recorded engine's health.
+
+    Every node the GCS lists alive is also asked, over SSH and in parallel, to connect to the
+    head's GCS port (bounded: PROBE_TIMEOUT_S each); one that cannot is `cut-off`.
+    """
     settings = settings or RaySettings()
     nodes = _nodes(topology)
     recorded = cluster_state.load(topology.name)
     known_hosts = known_hosts or (recorded.known_hosts if recorded else None)
     gcs = recorded.gcs_address if recorded else _gcs_address(topology, settings)
-    with connect(_target(nodes[0], 0), known_hosts) as head:
-        table = ray_bringup.list_nodes(head, gcs)
+
+    def table_of_head() -> list[RayNode] | None:
+        with connect(_target(nodes[0], 0), known_hosts) as head:
+            return ray_bringup.list_nodes(head, gcs)
+
+    def probe(i: int) -> tuple[bool, str]:
+        """(cut off, why) for node i; not cut off, with the reason, when it cannot be asked."""
+        try:
+            with connect(_target(nodes[i], i), known_hosts, timeout=PROBE_TIMEOUT_S * 2) as shell:
+                why = _cut_off(shell, gcs)
+        except ClusterError as err:
+            return False, f"not checked: {err}"
+        return why is not None, why or ""
+
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:  # the probes run while the GCS answers
+        probes = [pool.submit(probe, i) for i in range(1, len(nodes))]
+        table = table_of_head()
+        reach = [(False, ""), *(f.result() for f in probes)]
     statuses = []
-    for node in nodes:
+    for node, (cut, why) in zip(nodes, reach):
         rows = [r for r in table or [] if r.ip == node.address]
         row = next((r for r in rows if r.alive), rows[-1] if rows else None)
         state = "absent" if row is None else "alive" if row.alive else "dead"
-        statuses.append(NodeStatus(node.name, node.address, state, row.node_id if row else "", row.resources if row and row.alive else {}))
+        statuses.append(NodeStatus(node.name, node.address, "cut-off" if state == "alive" and cut else state,
+                                   row.node_id if row else "", row.resources if row and row.alive else {}, why))
     engine = _engine_health(recorded.engine) if recorded and recorded.engine else None
     return ClusterStatus(topology.name, gcs, table is not None, statuses, engine)
 

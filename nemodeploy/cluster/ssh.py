@@ -4,16 +4,24 @@ Every failure becomes a `ClusterError` that names the node and says what to do.
 Host keys are checked against a known_hosts file (default ~/.ssh/known_hosts):
 an unknown key is rejected unless `accept_new_host_keys` (then it is appended),
 a changed key is always rejected (paramiko's BadHostKeyException).
+
+Remote commands are argv lists, joined with shlex.join: a value (a path, a node
+name) never becomes shell code. Where a command needs the shell (redirections,
+`$!`), `sh(script, *values)` runs a constant script that reads the values as
+"$1", "$2"... Secrets never go into a command, whose text every user of the node
+can read in /proc/<pid>/cmdline: `put_secret` writes them over SFTP to a 0600 file.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import shlex
 import socket
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,13 @@ from nemodeploy.cluster.errors import ClusterError
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 KNOWN_HOSTS_ENV = "NEMODEPLOY_KNOWN_HOSTS"  # overrides the default (test hosts come with their own file)
 CONNECT_TIMEOUT_S = 8.0
+
+Command = Sequence[str] | str  # an argv (joined with shlex.join), or a shell line made only of quoted parts
+
+
+def sh(script: str, *values: str) -> list[str]:
+    """The argv that runs a constant shell `script` with `values` as its "$1", "$2"...: values stay data."""
+    return ["sh", "-c", script, "sh", *values]
 
 
 @dataclass(frozen=True)
@@ -79,8 +94,10 @@ class Shell:
     def __init__(self, target: Target, client: paramiko.SSHClient):
         self.target, self.client = target, client
 
-    def run(self, command: str, timeout: float = 60.0) -> Result:
-        """Run a shell command; one that has not finished after `timeout` seconds is a ClusterError."""
+    def run(self, command: Command, timeout: float = 60.0) -> Result:
+        """Run a command; one that has not finished after `timeout` seconds is a ClusterError."""
+        if not isinstance(command, str):
+            command = shlex.join(command)
         out, err = bytearray(), bytearray()
         try:
             channel = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
@@ -105,12 +122,35 @@ class Shell:
             raise ClusterError(f"SSH connection lost while running `{_short(command)}`: {error}", self.target.name) from None
         return Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    def check(self, command: str, timeout: float = 60.0, what: str | None = None) -> Result:
+    def check(self, command: Command, timeout: float = 60.0, what: str | None = None) -> Result:
         """`run`, and a non-zero exit is a ClusterError with the output's last lines."""
         result = self.run(command, timeout)
         if result.rc != 0:
-            raise ClusterError(f"{what or '`' + _short(command) + '`'} failed (exit {result.rc}): {result.tail()}", self.target.name)
+            text = command if isinstance(command, str) else shlex.join(command)
+            raise ClusterError(f"{what or '`' + _short(text) + '`'} failed (exit {result.rc}): {result.tail()}", self.target.name)
         return result
+
+    def put_secret(self, path: str, secret: str) -> None:
+        """Write `secret` to `path` on the node, readable by the login user only (folder 0700, file 0600).
+
+        The file is made 0600 before the secret is written to it; a folder that another user
+        owns is refused (chmod fails), so no one else can have a handle on the file.
+        """
+        folder = posixpath.dirname(path)
+        self.check(["mkdir", "-p", "-m", "700", "--", folder], what=f"creating {folder}")
+        self.check(["chmod", "700", "--", folder], what=f"making {folder} private")
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError) as err:
+            raise ClusterError(f"SFTP is not available ({err}); enable the sftp subsystem in sshd_config", self.target.name) from None
+        try:
+            with sftp.open(path, "w") as out:
+                out.chmod(0o600)
+                out.write(secret.encode())
+        except OSError as err:
+            raise ClusterError(f"cannot write {path}: {err}", self.target.name) from None
+        finally:
+            sftp.close()
 
     def fetch_tree(self, remote_dir: str, local_dir: Path) -> list[Path]:
         """Copy the regular files under a remote directory (following symlinks); returns the local paths."""
@@ -233,4 +273,4 @@ def _connection_error(target: Target, code: int | None, detail: str) -> ClusterE
 
 
 def quote(*argv: str) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
+    return shlex.join(argv)

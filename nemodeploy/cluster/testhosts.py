@@ -243,6 +243,18 @@ def stop_sshd(bed: TestBed, host: TestHost) -> None:
         time.sleep(0.05)
 
 
+def cut_from(host: TestHost, address: str, port: int, cut: bool = True) -> None:
+    """A one-way partition: `host` can no longer open TCP connections to address:port (nftables in
+    its namespace drops them); connections the other way still work. `cut=False` heals it."""
+    table = f"ndcut{port}"
+    if cut:
+        rules = (f"add table inet {table}\nadd chain inet {table} out {{ type filter hook output priority 0 ; }}\n"
+                 f"add rule inet {table} out ip daddr {address} tcp dport {port} drop\n")
+        run_in_host(host, ["nft", "-f", "-"], input=rules, check=True)
+    else:
+        run_in_host(host, ["nft", "delete", "table", "inet", table], check=True)
+
+
 def set_link(host: TestHost, up: bool) -> None:
     """Take a host's link down (its bridge port) or bring it back: a cable pulled."""
     _ip("link", "set", host.bridge_port, "up" if up else "down")

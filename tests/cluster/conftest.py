@@ -7,6 +7,7 @@ Ray state files go to a temporary NEMODEPLOY_CACHE, never the user's.
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -67,3 +68,38 @@ def _ray_processes(host: testhosts.TestHost) -> list[str]:
 def ray_processes():
     """ray_processes(host): command lines of Ray's processes inside one host."""
     return _ray_processes
+
+
+_ARGV = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f" 2>/dev/null; echo; done'
+
+
+class ArgvScan:
+    """Every command line seen in the hosts while the block runs, polled without pause, for
+    "no secret is on any command line" checks; `lines` is empty if the poll saw nothing."""
+
+    def __init__(self, hosts: list[testhosts.TestHost]):
+        self.hosts, self.lines, self._stop = hosts, set(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for host in self.hosts:
+                out = testhosts.run_in_host(host, ["sh", "-c", _ARGV], timeout=30).stdout
+                self.lines.update(line for line in out.splitlines() if line.strip())
+
+    def __enter__(self) -> "ArgvScan":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def holding(self, secret: str) -> list[str]:
+        return [line for line in self.lines if secret in line]
+
+
+@pytest.fixture(scope="session")
+def argv_scan(testbed):
+    """argv_scan(): an ArgvScan of every test host, to use as a context manager."""
+    return lambda: ArgvScan(testbed.hosts)

@@ -106,7 +106,7 @@ def test_ray_port_in_use_on_the_head_is_found_before_starting(testbed, up_fails)
 def test_a_worker_that_fails_to_start_rolls_back_the_others(testbed, up_fails):
     h3 = testbed.hosts[2]
     # A file where h3's Ray temp dir must go: the checks pass, `ray start` on h3 fails after the head started.
-    testhosts.run_in_host(h3, ["sh", "-c", "mkdir -p /tmp/ndray && touch /tmp/ndray/h3"], check=True)
+    testhosts.run_in_host(h3, ["sh", "-c", "mkdir -p /tmp/ndray && rm -rf /tmp/ndray/h3 && touch /tmp/ndray/h3"], check=True)
     try:
         message = up_fails(loads(testbed.topology_yaml("nd-errors")))
     finally:

@@ -6,6 +6,7 @@ One cluster for the module; the tests run in file order and each leaves it as th
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -13,6 +14,7 @@ import pytest
 
 from nemodeploy.cluster import lifecycle, state, testhosts
 from nemodeploy.cluster.errors import ClusterError
+from nemodeploy.cluster.ray_bringup import CLUSTER_ENV
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -77,7 +79,8 @@ print(json.dumps(ray.get([a.where.remote() for a in actors])))
 def test_placement_group_puts_each_rank_on_its_planned_host(cluster, testbed):
     h1, h2, h3 = testbed.hosts
     ranks = [h3.ip, h1.ip, h2.ip]
-    driver = testhosts.run_in_host(h1, [sys.executable, "-c", _PLACE, cluster.gcs_address, h1.ip, *ranks], timeout=120)
+    driver = testhosts.run_in_host(h1, [sys.executable, "-c", _PLACE, cluster.gcs_address, h1.ip, *ranks], timeout=120,
+                                   env={**os.environ, **CLUSTER_ENV})
     assert driver.returncode == 0, driver.stderr[-2000:]
     assert json.loads(driver.stdout.strip().splitlines()[-1]) == ranks
 
