@@ -23,18 +23,16 @@ def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | 
     if not compiled.fits:
         fail(f"nemodeploy: {loaded.name}: {compiled.reason}; run `nemodeploy plan {topology}` for the nearest plans that fit",
              EXIT_INFEASIBLE)
-    if compiled.engine == "vllm":
-        fail(f"nemodeploy: {loaded.name}: engine.kind vllm: the vLLM launcher is not built yet "
-             f"(`nemodeploy plan {topology} --json` gives its sizes); set engine.kind: embedded to serve with "
-             "nemodeploy's own engine", EXIT_BAD_INPUT)
-    if is_local(loaded):
-        from nemodeploy.backends.embedded import up_local
+    if is_local(loaded) and compiled.engine != "vllm":  # vLLM always runs on a Ray cluster, even of one node
+        from nemodeploy.backends.embedded import LocalError, up_local
         from nemodeploy.backends.engine_config import LaunchError
 
         try:
             up_local(loaded, compiled, host=host, port=port or loaded.engine.port, api_key=api_key, detach=detach)
         except LaunchError as err:
             fail(f"nemodeploy: {loaded.name}: {err}", EXIT_BAD_INPUT)
+        except LocalError as err:
+            fail(f"nemodeploy: {err}", err.exit_code)
         return
     from nemodeploy.cli.cluster import up_cluster_command
 

@@ -25,6 +25,9 @@ class EngineDead(RuntimeError):
     pass
 
 
+_CLOSING = object()  # put on every stream when the server shuts down
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
@@ -44,6 +47,13 @@ class AsyncEngine:
         self._inbox.put(None)
         self._thread.join(timeout)
         self.engine.executor.shutdown()
+
+    def end_streams(self) -> None:
+        """The server is shutting down: every open stream ends now with finish_reason "abort"
+        (its request is aborted), so clients get a clean end instead of a cut connection.
+        Safe from any thread, a signal handler included."""
+        for request_id in list(self._streams):
+            self._deliver(request_id, _CLOSING)
 
     @property
     def alive(self) -> bool:
@@ -73,6 +83,9 @@ class AsyncEngine:
         try:
             while not finished:
                 item = await stream.get()
+                if item is _CLOSING:
+                    yield RequestOutput(request.request_id, [], "", finished=True, finish_reason="abort")
+                    break
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
@@ -124,7 +137,7 @@ class AsyncEngine:
             except queue.Empty:
                 item = None
 
-    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException | object) -> None:
         target = self._streams.get(request_id)
         if target is not None:
             loop, stream = target

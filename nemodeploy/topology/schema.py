@@ -1,27 +1,31 @@
 """The topology file: which machines, which model, which engine, what to serve.
 
 Every field forbids unknown keys so that a typo is an error with a location,
-not a silently ignored setting.
+not a silently ignored setting. Types are strict: a string, boolean or float is never
+coerced into a count or a port. Names and addresses are checked for what they become
+(nemodeploy.topology.names).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nemodeploy.topology.names import Address, DnsLabel, ExtraArgs, FreeText, InterfaceName, ModelId, PathText, UserName
 
 Precision = Literal["bf16", "fp8", "nvfp4", "fp32"]
 KvCacheDtype = Literal["auto", "bf16", "fp8", "fp32"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SSH(Strict):
-    user: str = "root"
+    user: UserName = "root"
     port: int = Field(22, ge=1, le=65535)
-    key: str | None = Field(None, description="Path of the private key; the SSH agent and ~/.ssh defaults otherwise")
+    key: PathText | None = Field(None, description="Path of the private key; the SSH agent and ~/.ssh defaults otherwise")
 
 
 class Accelerators(Strict):
@@ -40,15 +44,16 @@ class Accelerators(Strict):
 
 
 class NIC(Strict):
-    name: str
+    name: InterfaceName
     mtu: int = Field(1500, ge=576, le=9216)
     speed_gbps: float = Field(100, gt=0)
     rdma: bool = False
+    hca: InterfaceName | None = Field(None, description="RDMA device behind this NIC (e.g. mlx5_0), for NCCL_IB_HCA")
 
 
 class Node(Strict):
-    name: str
-    address: str = Field(description="IP address or host name that the head and SSH reach this node on")
+    name: DnsLabel
+    address: Address = Field(description="IP address or host name that the head and SSH reach this node on")
     ssh: SSH = SSH()
     accelerators: Accelerators
     nics: list[NIC] = []
@@ -77,8 +82,8 @@ class Interconnect(Strict):
 
 
 class ModelRef(Strict):
-    id: str | None = Field(None, description="Hugging Face id, or the name of a built-in spec")
-    path: str | None = Field(None, description="Local HF-format directory with config.json")
+    id: ModelId | None = Field(None, description="Hugging Face id, or the name of a built-in spec")
+    path: PathText | None = Field(None, description="Local HF-format directory with config.json")
     precision: Precision = "bf16"
 
     @model_validator(mode="after")
@@ -98,9 +103,13 @@ class ParallelOverrides(Strict):
 class Engine(Strict):
     kind: Literal["embedded", "vllm"] = "embedded"
     parallel: ParallelOverrides = ParallelOverrides()
-    memory_utilization: float = Field(0.90, gt=0.1, le=0.99, description="Share of device memory the engine may use")
+    memory_utilization: float | None = Field(
+        None, gt=0.1, le=0.99,
+        description="Share of device memory the engine may use; default per accelerator (0.90, DGX Spark 0.85)")
     port: int = Field(8000, ge=1, le=65535)
-    extra_args: dict[str, Any] = Field(default_factory=dict, description="Passed through to the engine unchanged")
+    launcher: Literal["ray", "mp"] = Field(
+        "ray", description="vllm across nodes: on the Ray cluster (ray) or one vllm serve per node without Ray (mp)")
+    extra_args: ExtraArgs = Field(default_factory=dict, description="Passed through to the engine unchanged")
 
 
 class Serving(Strict):
@@ -111,11 +120,19 @@ class Serving(Strict):
     reasoning: Literal["on", "off"] = "on"
     thinking_budget: int | None = Field(None, ge=1)
     max_batched_tokens: int = Field(8192, ge=16)
+    input_tokens: int = Field(8192, ge=1, description="Typical prompt length; the estimate decodes at this context")
+    output_tokens: int = Field(1024, ge=1, description="Typical generated length per request")
+    min_tokens_per_s_per_user: float | None = Field(
+        None, gt=0, description="Latency target: decode speed each user must see; layouts are ranked by it")
+    mamba_ssm_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Mamba SSM state dtype (vLLM --mamba-ssm-cache-dtype); auto: the model config's")
+    allow_long_context: bool = Field(
+        False, description="Serve a max_context above the model's native one (vLLM: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
 
 
 class Topology(Strict):
-    name: str
-    description: str = ""
+    name: DnsLabel
+    description: FreeText = ""
     nodes: list[Node] = Field(min_length=1)
     interconnect: Interconnect = Interconnect()
     model: ModelRef

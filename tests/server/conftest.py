@@ -62,14 +62,15 @@ def reference_greedy(model_dir: Path, prompt: list[int], n: int) -> list[int]:
 
 
 class RunningServer:
-    def __init__(self, url: str, engine, model_name: str):
+    def __init__(self, url: str, engine, model_name: str, api_key: str | None = None):
         self.url, self.engine, self.model_name = url, engine, model_name
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def metrics(self) -> dict[str, float]:
         """Prometheus samples by name; request_success_total as `...{finished_reason="stop"}`."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10).text
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -120,7 +121,8 @@ def serve(config: EngineConfig, api_key: str | None = None):
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", engine, config.served_model_name or Path(config.model).name)
+        yield RunningServer(f"http://127.0.0.1:{port}", engine, config.served_model_name or Path(config.model).name,
+                            api_key)
     finally:
         server.should_exit = True
         thread.join(15)
