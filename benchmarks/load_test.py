@@ -18,13 +18,14 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from serving import parse_metrics, start_server
 
 from nemodeploy.engine.config import EngineConfig
 from nemodeploy.net import free_port
@@ -37,14 +38,6 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus samples by name (the unlabelled-by-reason ones)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if "finished_reason" not in s.labels}
 
 
 class Tally:
@@ -91,26 +84,6 @@ async def client_loop(url: str, model: str, deadline: float, tally: Tally, rng: 
                     tally.ok += 1
             except httpx.HTTPError as exc:
                 tally.errors.append(f"{type(exc).__name__}: {exc}")
-
-
-def start_server(config: EngineConfig, port: int, workdir: Path) -> subprocess.Popen:
-    config_path = workdir / "engine.json"
-    config_path.write_text(json.dumps(config.to_dict()))
-    log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "nemodeploy.cli", "serve", "--config", str(config_path),
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    raise TimeoutError("server did not become healthy")
 
 
 async def run(url: str, model: str, clients: int, duration: float) -> tuple[Tally, float]:

@@ -15,6 +15,7 @@ COMMANDS = {
     "topologies": ("nemodeploy.cli.plan", "topologies", "List the built-in topology profiles with a one-line verdict each."),
     "schema": ("nemodeploy.cli.plan", "schema", "Print the topology JSON Schema (for editor completion)."),
     "render": ("nemodeploy.cli.render", "render", "Write what a launch would run, without running it."),
+    "preflight": ("nemodeploy.cli.preflight", "preflight", "Check every node (accelerators, memory, limits, versions, network) before `up`."),
     "up": ("nemodeploy.cli.deploy", "up", "Plan a topology and bring it up: locally, or as a Ray cluster over SSH."),
     "down": ("nemodeploy.cli.deploy", "down", "Stop what `up` started."),
     "status": ("nemodeploy.cli.deploy", "status", "Show what is running: nodes, resources and the engine's health."),

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from nemodeploy.backends import embedded
+from nemodeploy.cli.common import fail
 from nemodeploy.engine.config import EngineConfig
 
 # options that map one to one onto EngineConfig fields
@@ -51,7 +52,7 @@ def build_config(model: str | None, config_file: str | None, overrides: dict) ->
 
 
 @click.command("serve")
-@click.option("--model", type=click.Path(exists=True, file_okay=False), help="HF checkpoint directory.")
+@click.option("--model", help="HF checkpoint directory.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="EngineConfig as JSON (from a plan); flags override its fields.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -61,5 +62,8 @@ def build_config(model: str | None, config_file: str | None, overrides: dict) ->
 def serve(model, config_file, host, port, api_key, **overrides):
     """Serve a Nemotron-H checkpoint with the embedded engine (OpenAI-compatible API)."""
     config = build_config(model, config_file, overrides)
-    embedded.run_local(config, host, port, api_key, detach=False)
+    try:
+        embedded.run_local(config, host, port, api_key, detach=False)
+    except embedded.LocalError as err:
+        fail(f"nemodeploy: {err}", err.exit_code)
 

@@ -91,11 +91,13 @@ class HybridCache:
         num_spec_tokens: int = 0,
         max_spec_seqs: int = 0,
         num_checkpoints: int = 0,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.block_size = block_size
         kv_shape = (num_kv_blocks, block_size, local_kv_heads(config, parallel), config.head_dim)
+        kv_dtype = kv_dtype or dtype  # float8_e4m3fn: an FP8 KV cache (model/attention.py applies the scales)
         self.kv = {
-            key: (torch.zeros(kv_shape, dtype=dtype, device=device), torch.zeros(kv_shape, dtype=dtype, device=device))
+            key: (torch.zeros(kv_shape, dtype=kv_dtype, device=device), torch.zeros(kv_shape, dtype=kv_dtype, device=device))
             for key in attention_keys(config, include_mtp)
         }
         heads, channels = local_mamba_dims(config, parallel)

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+KV_CACHE_DTYPES = ("auto", "fp8")
+
+
 @dataclass
 class EngineConfig:
     model: str  # HF-style checkpoint directory
@@ -27,6 +30,7 @@ class EngineConfig:
     default_thinking: bool | None = None  # chat requests that don't say: thinking on / off (None: the template's default)
     served_model_name: str | None = None  # name on /v1/models; defaults to the directory name
     seed: int = 0  # for sampling requests that give no seed
+    kv_cache_dtype: str = "auto"  # "auto": the model dtype; "fp8": FP8 E4M3 with per-tensor scales (engine/model/attention.py)
     prefix_caching: bool = False  # share KV pages and Mamba checkpoints between requests with a common prefix
     mamba_checkpoint_interval: int = 256  # tokens between Mamba state checkpoints (a multiple of block_size)
     num_mamba_checkpoints: int = 32  # Mamba states kept for cached prefixes (each costs one slot's bytes)
@@ -40,6 +44,8 @@ class EngineConfig:
             raise ValueError("speculative_tokens must be non-negative")
         if self.max_num_batched_tokens < 1 + self.speculative_tokens:
             raise ValueError("max_num_batched_tokens must fit one decode step (1 + speculative_tokens)")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}")
         if self.max_queue < 0:
             raise ValueError("max_queue must be non-negative")
         if self.prefix_caching and (self.mamba_checkpoint_interval < self.block_size

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from nemodeploy.engine.config import EngineConfig
+from nemodeploy.engine.protocol import TokenLogprob
 from nemodeploy.engine.scheduler import SchedulerOutput
 
 
@@ -30,6 +31,11 @@ from nemodeploy.engine.scheduler import SchedulerOutput
 class StepResult:
     tokens: list[int] = field(default_factory=list)  # accepted drafts + one new token; empty mid-prefill
     drafts: list[int] = field(default_factory=list)  # MTP proposals for the tokens after tokens[-1]
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the request asked
+
+
+class ExecutorDead(RuntimeError):
+    """The executor can run no step again (a rank is gone): the engine stops, no request is retried."""
 
 
 class Executor(ABC):

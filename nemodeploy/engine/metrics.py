@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from nemodeploy.engine.protocol import EngineStats
 
@@ -24,6 +25,12 @@ class EngineCollector:
         c = CounterMetricFamily(name, doc, labels=["model_name"])
         c.add_metric([self.model_name], value)
         return c
+
+    def _histogram(self, name: str, doc: str, histogram) -> HistogramMetricFamily:
+        h = HistogramMetricFamily(name, doc, labels=["model_name"])
+        bounds = [*map(str, histogram.buckets), "+Inf"]
+        h.add_metric([self.model_name], list(zip(bounds, itertools.accumulate(histogram.counts))), histogram.total)
+        return h
 
     def collect(self):
         s = self.stats()
@@ -57,9 +64,17 @@ class EngineCollector:
         yield self._gauge("nemodeploy:mamba_checkpoints_total", "Mamba state checkpoints.", s.mamba_checkpoints_total)
         yield self._gauge("nemodeploy:mamba_checkpoint_bytes", "Device memory of the Mamba checkpoints (one rank).",
                           s.mamba_checkpoint_bytes)
+        if s.latency is not None:
+            for name, doc, histogram in (
+                ("vllm:request_queue_time_seconds", "Time waiting before the first step.", s.latency.queue),
+                ("vllm:time_to_first_token_seconds", "Arrival to the first output token.", s.latency.ttft),
+                ("vllm:inter_token_latency_seconds", "Time between output tokens.", s.latency.inter_token),
+                ("vllm:e2e_request_latency_seconds", "Arrival to the end of the request.", s.latency.e2e),
+            ):
+                yield self._histogram(name, doc, histogram)
         done = CounterMetricFamily("vllm:request_success", "Finished requests by reason.",
                                    labels=["model_name", "finished_reason"])
-        for reason in ("stop", "length", "abort"):
+        for reason in ("stop", "length", "abort", "error"):  # error: the engine failed the request
             done.add_metric([self.model_name, reason], s.requests_finished_total.get(reason, 0))
         yield done
 

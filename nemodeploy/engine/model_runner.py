@@ -25,7 +25,7 @@ from nemodeploy.engine.config import EngineConfig
 from nemodeploy.engine.executor import StepResult
 from nemodeploy.engine.loader import load_model
 from nemodeploy.engine.model.parallel import ParallelConfig
-from nemodeploy.engine.sampler import make_generator, sample, verify
+from nemodeploy.engine.sampler import apply_masks, apply_penalties, make_generator, sample, token_logprobs, verify
 from nemodeploy.engine.scheduler import SchedulerOutput, SeqChunk
 
 
@@ -35,6 +35,7 @@ class ModelRunner:
         self.k = config.speculative_tokens
         self.device = torch.device(config.device)
         self.dtype = getattr(torch, config.dtype)
+        self.kv_dtype = torch.float8_e4m3fn if config.kv_cache_dtype == "fp8" else self.dtype
         self.model = load_model(config.model, self.dtype, self.device, parallel, with_mtp=self.k > 0)
         if self.k and self.model.mtp is None:
             raise ValueError(f"{config.model} has no MTP layer (num_nextn_predict_layers = 0): "
@@ -42,7 +43,8 @@ class ModelRunner:
         self.cache = HybridCache(self.model.config, config.num_kv_blocks, config.block_size, config.num_mamba_slots,
                                  self.dtype, self.device, parallel, include_mtp=self.k > 0,
                                  num_spec_tokens=self.k, max_spec_seqs=config.max_num_seqs if self.k else 0,
-                                 num_checkpoints=config.num_mamba_checkpoints if config.prefix_caching else 0)
+                                 num_checkpoints=config.num_mamba_checkpoints if config.prefix_caching else 0,
+                                 kv_dtype=self.kv_dtype)
         self.parallel = parallel
         self._generators: dict[str, torch.Generator] = {}
 
@@ -52,7 +54,7 @@ class ModelRunner:
             "num_kv_blocks": c.num_kv_blocks,
             "block_size": c.block_size,
             "num_mamba_slots": c.num_mamba_slots,
-            "kv_bytes": c.num_kv_blocks * kv_bytes_per_block(self.model.config, c.block_size, self.dtype,
+            "kv_bytes": c.num_kv_blocks * kv_bytes_per_block(self.model.config, c.block_size, self.kv_dtype,
                                                              self.parallel, include_mtp=self.k > 0),
             "mamba_bytes": c.num_mamba_slots * mamba_bytes_per_slot(self.model.config, self.dtype, self.parallel),
             "checkpoint_bytes": (c.num_mamba_checkpoints if c.prefix_caching else 0)
@@ -105,11 +107,18 @@ class ModelRunner:
             chunk, row_logits = chunks[i], logits[at : at + len(positions)]
             at += len(positions)
             params, gen = chunk.sampling, self._generator(chunk)
+            decided = row_logits
+            if chunk.history is not None:
+                decided = apply_penalties(decided, params, chunk.history, chunk.prompt_len)
+            if chunk.banned_token_ids or chunk.allowed_bitmask is not None:
+                decided = apply_masks(decided, chunk.banned_token_ids, chunk.allowed_bitmask)
             if chunk.num_drafts:
-                tokens = verify(row_logits, chunk.token_ids[-chunk.num_drafts :], params, gen)[: chunk.max_new]
+                tokens = verify(decided, chunk.token_ids[-chunk.num_drafts :], params, gen)[: chunk.max_new]
             else:
-                tokens = [sample(row_logits[0], params, gen)]
+                tokens = [sample(decided[0], params, gen)]
             results[chunk.request_id].tokens = tokens
+            if params.logprobs is not None:
+                results[chunk.request_id].logprobs = token_logprobs(row_logits[: len(tokens)], tokens, params.logprobs)
 
         if recurrent and self.k:
             kept = [len(results[c.request_id].tokens) for c in recurrent]

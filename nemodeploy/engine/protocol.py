@@ -7,9 +7,9 @@ touching the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "error"]  # error: the engine failed this request
 
 
 @dataclass
@@ -23,6 +23,21 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     thinking_budget: int | None = None  # reasoning tokens before the engine closes the thinking section
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already in the output
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the output
+    repetition_penalty: float = 1.0  # divides positive / multiplies negative logits of prompt and output tokens
+    min_tokens: int = 0  # EOS and stop_token_ids are masked until this many tokens are out
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
+    guided: dict | None = None  # a grammar for the answer: {"json_schema": {...}} or {"lark": "..."}
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
+    def speculative(self) -> bool:
+        """MTP drafts apply: every draft position would need its own penalties, masks and logprobs."""
+        return not (self.penalized or self.min_tokens or self.logprobs is not None or self.guided)
 
     def validate(self) -> None:
         """Raise ValueError with an OpenAI-style message for an impossible request."""
@@ -36,6 +51,17 @@ class SamplingParams:
             raise ValueError("top_k must be non-negative (0 disables it)")
         if self.thinking_budget is not None and self.thinking_budget < 0:
             raise ValueError("thinking_budget must be non-negative")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError("seed must be a 64-bit integer")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2]")
+        if not 0 < self.repetition_penalty <= 2:
+            raise ValueError("repetition_penalty must be in (0, 2]")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError("min_tokens must be between 0 and max_tokens")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError("top_logprobs must be between 0 and 20")
 
 
 @dataclass
@@ -55,6 +81,13 @@ class RequestTooLong(ValueError):
 
 
 @dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # the most likely tokens, best first
+
+
+@dataclass
 class RequestOutput:
     """One increment for one request: the tokens decided since the last increment."""
 
@@ -66,6 +99,8 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when the request asked
+    error: str | None = None  # with finish_reason "error": what failed (the engine serves on)
 
 
 @dataclass
@@ -88,3 +123,4 @@ class EngineStats:
     mamba_checkpoints_used: int = 0
     mamba_checkpoints_total: int = 0
     mamba_checkpoint_bytes: int = 0  # device memory of the checkpoints on one rank
+    latency: Any = None  # latency.LatencyStats: queue, TTFT, inter-token, end-to-end histograms

@@ -22,7 +22,7 @@ from datetime import timedelta
 import ray
 
 from nemodeploy.engine.config import EngineConfig
-from nemodeploy.engine.executor import Executor, StepResult
+from nemodeploy.engine.executor import Executor, ExecutorDead, StepResult
 from nemodeploy.engine.model.parallel import ParallelConfig
 from nemodeploy.engine.scheduler import SchedulerOutput
 from nemodeploy.net import free_port
@@ -33,7 +33,7 @@ NO_PIPELINE = "pipeline parallel is not implemented in the embedded engine; use 
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 
 
-class EngineWorkerError(RuntimeError):
+class EngineWorkerError(ExecutorDead):
     """A rank of the engine failed or is unreachable; the message names the rank and its node."""
 
     def __init__(self, rank: int, node: str, detail: str):

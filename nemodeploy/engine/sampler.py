@@ -1,5 +1,5 @@
-"""Token choice from logits: greedy, temperature, top-k, top-p, per-request seeds,
-and the acceptance rule for speculative drafts.
+"""Token choice from logits: penalties and masks, greedy, temperature, top-k, top-p,
+per-request seeds, log-probabilities, and the acceptance rule for speculative drafts.
 
 Each request samples with its own torch.Generator, so a seeded request draws the
 same random numbers whatever else shares its batch.
@@ -9,13 +9,57 @@ from __future__ import annotations
 
 import torch
 
-from nemodeploy.engine.protocol import SamplingParams
+from nemodeploy.engine.protocol import SamplingParams, TokenLogprob
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def apply_penalties(logits: torch.Tensor, params: SamplingParams, history: list[int], prompt_len: int) -> torch.Tensor:
+    """OpenAI's presence / frequency penalties on output tokens, and the repetition penalty
+    (CTRL, as vLLM and transformers apply it) on prompt and output tokens; `logits` [n, V]."""
+    logits = logits.float().clone()
+    vocab = logits.shape[-1]
+    if params.repetition_penalty != 1.0 and history:
+        seen = torch.unique(torch.tensor(history, device=logits.device).clamp_(0, vocab - 1))
+        picked = logits[:, seen]
+        logits[:, seen] = torch.where(picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty)
+    output = history[prompt_len:]
+    if (params.presence_penalty or params.frequency_penalty) and output:
+        counts = torch.bincount(torch.tensor(output, device=logits.device).clamp_(0, vocab - 1), minlength=vocab)
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return logits
+
+
+def apply_masks(logits: torch.Tensor, banned: list[int], allowed_bitmask: list[int] | None) -> torch.Tensor:
+    """-inf for `banned` token ids and, with a grammar's bitmask (bit t of word t // 32), every token it forbids."""
+    if allowed_bitmask is not None:
+        words = torch.tensor(allowed_bitmask, dtype=torch.int64, device=logits.device)
+        bits = (words[:, None] >> torch.arange(32, device=logits.device)) & 1
+        allowed = bits.flatten().bool()
+        vocab = logits.shape[-1]
+        keep = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
+        keep[: min(vocab, allowed.numel())] = allowed[:vocab]
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if banned:
+        logits = logits.clone()
+        logits[..., [t for t in banned if t < logits.shape[-1]]] = float("-inf")
+    return logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Log-probabilities of the model's own distribution (before penalties, masks and temperature,
+    as vLLM reports by default) for the token chosen at each row, and the `top` most likely."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top, dim=-1) if top else None
+    out = []
+    for row, token in enumerate(tokens):
+        pairs = list(zip(best.indices[row].tolist(), best.values[row].tolist())) if best is not None else []
+        out.append(TokenLogprob(token, float(logprobs[row, token]), pairs))
+    return out
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -92,6 +92,10 @@ class SeqChunk:
     seed: int
     restore_checkpoint: int | None = None  # copy this Mamba checkpoint into the slot before the step
     save_checkpoint: int | None = None  # copy the slot's state into this checkpoint after the step
+    history: list[int] | None = None  # prompt + output so far, for penalties (only when the request has some)
+    prompt_len: int = 0
+    banned_token_ids: list[int] = field(default_factory=list)  # set by the engine core (min_tokens)
+    allowed_bitmask: list[int] | None = None  # set by the engine core (a grammar's next-token mask)
 
 
 @dataclass
@@ -201,7 +205,7 @@ class Scheduler:
         if seq.pending > 1:  # prefilling, recomputing, or a token the engine forced in
             n, drafts = self._cut(seq, min(seq.pending, budget)), []
         else:  # verify all drafts or none: the model runs verify rows with one common length
-            n, drafts = 1, seq.drafts if len(seq.drafts) < budget else []
+            n, drafts = 1, seq.drafts if len(seq.drafts) < budget and seq.sampling.speculative else []
         need = self._blocks_needed(seq, n, len(drafts))
         while self.blocks.blocks_for(need) - len(seq.block_table) > self.blocks.num_free:
             victim = self.running[-1]
@@ -291,6 +295,8 @@ class Scheduler:
             sampling=seq.sampling,
             seed=seq.seed,
             save_checkpoint=None if drafts else self._checkpoint_to_write(seq, start + n),
+            history=list(seq.token_ids) if sample and seq.sampling.penalized else None,
+            prompt_len=seq.prompt_len,
         )
 
     def advance(self, seq: Sequence, chunk: SeqChunk, accepted: list[int], drafts: list[int]) -> None:

@@ -23,21 +23,14 @@ from pathlib import Path
 
 import torch
 
+from nemodeploy.engine.chat_template import CHAT_TEMPLATE
 from nemodeploy.paths import cache_dir
 
 SPEC = Path(__file__).resolve().parent.parent / "models" / "specs" / "nemotron-h-tiny.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
+# single tokens that stay in decoded text, as in the released tokenizer: the tool-call parser reads them
+TEXT_TOKENS = ("<tool_call>", "</tool_call>")
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and not enable_thinking -%}{{- '<think></think>' -}}"
-    "{%- else -%}{{- '<think>\\n' -}}{%- endif -%}"
-    "{%- endif -%}"
-)
 
 _TRAINING_TEXT = """\
 The quick brown fox jumps over the lazy dog. A hybrid model mixes state space layers with attention.
@@ -174,7 +167,7 @@ def _checkpoint_names(mtp_params: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """Engine parameters back to checkpoint tensors: stacked experts split per expert, the rest as is."""
     tensors = {}
     for name, t in mtp_params.items():
-        prefix, _, leaf = name.rpartition(".")
+        prefix, _, leaf = name.removesuffix(".weight").rpartition(".")
         if leaf in ("w_up", "w_down"):
             proj = "up_proj" if leaf == "w_up" else "down_proj"
             tensors |= {f"{prefix}.experts.{e}.{proj}.weight": t[e].clone() for e in range(t.shape[0])}
@@ -238,6 +231,10 @@ def write_tokenizer(directory: Path, vocab_size: int) -> None:
     )
     tokenizer.train_from_iterator(_TRAINING_TEXT.splitlines(), trainer)
     tokenizer.save(str(directory / "tokenizer.json"))
+    saved = json.loads((directory / "tokenizer.json").read_text())
+    for token in saved["added_tokens"]:
+        token["special"] = token["content"] not in TEXT_TOKENS
+    (directory / "tokenizer.json").write_text(json.dumps(saved, ensure_ascii=False))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",
@@ -280,6 +277,103 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, distill_mtp: boo
     return directory
 
 
+# ModelOpt algorithms the quantized variant can be written with: MIXED_PRECISION is the layout of
+# NVIDIA's Nemotron 3 NVFP4 checkpoints (routed experts NVFP4, shared experts FP8, the rest kept).
+MODELOPT_ALGOS = ("MIXED_PRECISION", "NVFP4", "FP8")
+# modelopt 0.47 with transformers 5 maps the module names of its config through the checkpoint's
+# renaming with a sentinel suffix that the `model.` -> `backbone.` rule itself rewrites, so the
+# names come out as "<module>.\x00backbone.pt_name_sentinel"; the writer strips that suffix.
+_MANGLED_SENTINEL = ".\x00backbone.pt_name_sentinel"
+
+
+def _modelopt_recipe(algo: str, kv_cache_fp8: bool = False) -> dict:
+    """modelopt's quantize config for `algo` (from its own NVFP4 / FP8 defaults), plus its FP8 KV-cache
+    quantizers (per-tensor k / v scales) when asked."""
+    import modelopt.torch.quantization as mtq
+
+    recipe = _weights_recipe(algo)
+    if not kv_cache_fp8:
+        return recipe
+    kv = [e for e in mtq.FP8_KV_CFG["quant_cfg"] if e["quantizer_name"] != "*"]
+    return dict(recipe, quant_cfg=list(recipe["quant_cfg"]) + kv)
+
+
+def _weights_recipe(algo: str) -> dict:
+    import modelopt.torch.quantization as mtq
+
+    if algo == "NVFP4":
+        return mtq.NVFP4_DEFAULT_CFG
+    if algo == "FP8":
+        return mtq.FP8_DEFAULT_CFG
+
+    def quantizers(default: dict) -> list[dict]:
+        return [e for e in default["quant_cfg"] if e["quantizer_name"] in ("*weight_quantizer", "*input_quantizer")]
+
+    entries = [{"quantizer_name": "*", "enable": False}]
+    for pattern, default in (("*mixer.experts*", mtq.NVFP4_DEFAULT_CFG), ("*shared_experts*", mtq.FP8_DEFAULT_CFG)):
+        entries += [dict(e, quantizer_name=pattern + e["quantizer_name"].lstrip("*")) for e in quantizers(default)]
+    return {"quant_cfg": entries, "algorithm": "max"}
+
+
+def _repair_modelopt_names(quantization: dict) -> None:
+    if "exclude_modules" in quantization or "ignore" in quantization:
+        key = "exclude_modules" if "exclude_modules" in quantization else "ignore"
+        quantization[key] = [name.removesuffix(_MANGLED_SENTINEL) for name in quantization[key]] + ["mtp*"]
+    if "quantized_layers" in quantization:
+        quantization["quantized_layers"] = {k.removesuffix(_MANGLED_SENTINEL): v for k, v in quantization["quantized_layers"].items()}
+
+
+def write_tiny_modelopt_checkpoint(directory: str | Path, algo: str = "MIXED_PRECISION", seed: int = 0,
+                                   kv_cache_fp8: bool = False) -> Path:
+    """The tiny model quantized by NVIDIA ModelOpt (nvidia-modelopt, on this CPU) and exported by its
+    `export_hf_checkpoint`: config.json with `quantization_config`, hf_quant_config.json, the
+    quantized model.safetensors, plus the tokenizer and the unquantized `mtp.*` head (excluded as
+    `mtp*`, as NVIDIA's checkpoints keep MTP in BF16).
+
+    algo: MIXED_PRECISION (routed experts NVFP4, shared experts FP8, as Nemotron 3's NVFP4
+    checkpoints), NVFP4 or FP8 (modelopt's defaults: every linear but the router, conv and lm_head).
+    kv_cache_fp8: also calibrate FP8 KV-cache scales (`k_proj.k_scale` / `v_proj.v_scale`).
+    Calibration: max over seeded random prompts. Weights are those of `write_tiny_checkpoint(seed)`.
+    """
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+    from safetensors.torch import load_file
+    from transformers import NemotronHForCausalLM
+
+    if algo not in MODELOPT_ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(MODELOPT_ALGOS)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = json.loads(SPEC.read_text())
+    torch.manual_seed(seed)
+    config = _hf_config(spec)
+    config.architectures = spec["architectures"]  # modelopt's export reads it
+    model = NemotronHForCausalLM(config)
+    randomize_(model, seed)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed + 4)
+    calibration = torch.randint(len(SPECIAL_TOKENS), spec["vocab_size"], (8, 24), generator=gen)
+
+    def calibrate(m) -> None:
+        with torch.no_grad():
+            for row in calibration:
+                m(row[None])
+
+    mtq.quantize(model, _modelopt_recipe(algo, kv_cache_fp8), calibrate)
+    export_hf_checkpoint(model, export_dir=directory)
+    legacy = json.loads((directory / "hf_quant_config.json").read_text())
+    _repair_modelopt_names(legacy["quantization"])
+    (directory / "hf_quant_config.json").write_text(json.dumps(legacy, indent=4) + "\n")
+    hf_config = json.loads((directory / "config.json").read_text())
+    _repair_modelopt_names(hf_config["quantization_config"])
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as work:
+        tensors = load_file(directory / "model.safetensors") | _mtp_tensors(spec, seed, Path(work))
+    _save(directory, tensors)
+    write_tokenizer(directory, spec["vocab_size"])
+    return directory
+
+
 def _save(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
@@ -305,6 +399,7 @@ def tiny_model_dir() -> Path:
     """
     target = cache_dir() / "models" / "nemotron-h-tiny"
     if (target / DISTILLED_MARKER).exists():
+        _refresh_tokenizer(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".nemotron-h-tiny-", dir=target.parent))
@@ -319,6 +414,20 @@ def tiny_model_dir() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _refresh_tokenizer(target: Path) -> None:
+    """A cached copy written with an older chat template gets this one's tokenizer files (weights unchanged)."""
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    if config.get("chat_template") == CHAT_TEMPLATE:
+        return
+    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=target))
+    try:
+        write_tokenizer(staging, json.loads((target / "config.json").read_text())["vocab_size"])
+        for name in ("tokenizer.json", "tokenizer_config.json"):  # the config last: it marks the refresh done
+            os.replace(staging / name, target / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _retire_stale(target: Path) -> None:

@@ -16,6 +16,14 @@ from typing import Any
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
+# what transformers passes to every chat template itself: never a client's to set
+TEMPLATE_RESERVED = frozenset({"messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
+                               "chat_template", "tokenize", "return_dict", "raise_exception", "strftime_now"})
+
+
+class TemplateError(ValueError):
+    """The chat template cannot render these messages or options: the request's fault (400)."""
+
 
 class Tokenizer:
     """The checkpoint's tokenizer and chat template."""
@@ -26,6 +34,33 @@ class Tokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(model_dir))
         self.eos_token_ids = self._eos_ids(Path(model_dir))
         self.think_close_id = self._single_token_id(THINK_CLOSE)
+        self.vocab_size = self._vocab_size(Path(model_dir))
+        self.template_options = self._template_options()
+
+    def _vocab_size(self, model_dir: Path) -> int:
+        """Rows of the model's embedding (config.json), which may exceed the tokenizer's own vocabulary."""
+        import json
+
+        config = model_dir / "config.json"
+        size = json.loads(config.read_text()).get("vocab_size") if config.exists() else None
+        return size if isinstance(size, int) and size > 0 else len(self.hf)
+
+    def _template_options(self) -> frozenset[str]:
+        """The variables the checkpoint's chat template reads that a request may set through
+        chat_template_kwargs (enable_thinking, ...): everything but what transformers passes itself."""
+        template = self.hf.chat_template
+        if not isinstance(template, str):
+            return frozenset()
+        import jinja2
+        import jinja2.meta
+
+        env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
+        try:
+            names = jinja2.meta.find_undeclared_variables(env.parse(template))
+        except jinja2.TemplateError:
+            return frozenset()
+        special = {name for name in self.hf.special_tokens_map}
+        return frozenset(names - TEMPLATE_RESERVED - special)
 
     def _single_token_id(self, text: str) -> int | None:
         ids = self.hf.encode(text, add_special_tokens=False)
@@ -49,7 +84,8 @@ class Tokenizer:
         return self.hf.decode(ids, skip_special_tokens=True)
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], enable_thinking: bool | None, extra: dict[str, Any] | None = None
+        self, messages: list[dict[str, Any]], enable_thinking: bool | None, extra: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[int], bool]:
         """Render the conversation with the generation prompt.
 
@@ -57,12 +93,23 @@ class Tokenizer:
         (the last `<think>` comes after the last `</think>`), which is what the
         engine needs to count reasoning tokens and split them out.
         """
+        import jinja2
+
         if self.hf.chat_template is None:
-            raise ValueError("this model has no chat template; use /v1/completions")
+            raise TemplateError("this model has no chat template; use /v1/completions")
         kwargs = dict(extra or {})
+        unknown = sorted(set(kwargs) - self.template_options)
+        if unknown:
+            options = ", ".join(sorted(self.template_options)) or "none"
+            raise TemplateError(f"chat_template_kwargs: {', '.join(map(repr, unknown))} is not an option of this "
+                                f"model's chat template (options: {options})")
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
-        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        try:
+            text = self.hf.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True,
+                                               **kwargs)
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise TemplateError(f"the chat template cannot render these messages: {exc}") from None
         thinking = text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
         ids = self.hf.encode(text, add_special_tokens=False)
         return ids, thinking

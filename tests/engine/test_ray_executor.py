@@ -84,8 +84,11 @@ def test_a_dead_rank_is_named(local_ray):
         engine.add_request(GenerationRequest("a", PROMPTS["a"], SamplingParams(max_tokens=4, temperature=0)))
         engine.step()
         ray.kill(executor.workers[1])
+        deadline = time.monotonic() + 30
         with pytest.raises(EngineWorkerError, match=rf"engine rank 1 on node {executor.nodes[1]} failed"):
-            executor.check_ranks()
+            while time.monotonic() < deadline:  # ray.kill returns before the rank is gone
+                executor.check_ranks()
+                time.sleep(0.1)
         with pytest.raises(EngineWorkerError, match=rf"engine rank 1 on node {executor.nodes[1]} failed: its worker process died"):
             engine.step()
     finally:

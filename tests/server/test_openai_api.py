@@ -126,8 +126,8 @@ def test_bad_requests_are_400_with_openai_error_bodies(srv, body, param):
 
 def test_unsupported_features_are_refused_not_ignored(client):
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="tiny", prompt="Hello", max_tokens=4, logprobs=2)
-    assert err.value.body["param"] == "logprobs" and err.value.body["code"] == "unsupported"
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=4, echo=True)
+    assert err.value.body["param"] == "echo" and err.value.body["code"] == "unsupported"
 
 
 def test_bad_json_is_400(srv):
@@ -181,9 +181,15 @@ def test_client_hanging_up_on_a_non_streamed_request_aborts_it(srv):
     assert m["nemodeploy:mamba_slots_free"] == m["nemodeploy:mamba_slots_total"]
 
 
-def test_health_and_metrics_are_open_without_a_key(srv):
+def test_only_health_is_open_without_the_key(srv):
     assert httpx.get(f"{srv.url}/health").status_code == 200
-    assert "vllm:kv_cache_usage_perc" in httpx.get(f"{srv.url}/metrics").text
+    for path in ("/metrics", "/openapi.json", "/v1/models"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            r = httpx.get(f"{srv.url}{path}", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, headers)
+    key = {"Authorization": f"Bearer {KEY}"}
+    assert "vllm:kv_cache_usage_perc" in httpx.get(f"{srv.url}/metrics", headers=key).text
+    assert "/v1/chat/completions" in httpx.get(f"{srv.url}/openapi.json", headers=key).json()["paths"]
 
 
 def test_the_topology_reasoning_setting_is_the_default_for_requests_that_do_not_say(latent_dir, start_server):
