@@ -76,10 +76,11 @@ class ResponseFormat(_Model):
     json_schema: JsonSchemaFormat | None = None
 
 
-def guided(tools: list[Tool] | None, tool_choice: ToolChoice | None, parallel_tool_calls: bool,
+def guided(specs: list[dict[str, Any]] | None, tool_choice: ToolChoice | None, parallel_tool_calls: bool,
            response_format: ResponseFormat | None) -> dict | None:
-    """The grammar a request asks for, if any; ValueError when it asks for two or names no tool."""
-    specs = [t.model_dump(exclude_none=True) for t in tools or []]
+    """The grammar a request asks for, if any (`specs`: the tools as dicts); ValueError when it asks
+    for two or names no tool."""
+    specs = specs or []
     forced = None
     if isinstance(tool_choice, ToolChoiceFunction):
         forced = {"lark": tool_calls.grammar(specs, tool_choice.function.name)}

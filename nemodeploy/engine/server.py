@@ -40,7 +40,7 @@ from nemodeploy.engine.async_engine import AsyncEngine, EngineDead
 from nemodeploy.engine.config import EngineConfig
 from nemodeploy.engine.metrics import make_registry, render
 from nemodeploy.engine.protocol import GenerationRequest, QueueFull, RequestOutput, RequestTooLong, SamplingParams
-from nemodeploy.engine.tokenizer import TemplateError, Tokenizer
+from nemodeploy.engine.tokenizer import Tokenizer
 
 # OpenAI fields this engine does not implement: asking for them is an error, not a silent no-op
 UNSUPPORTED = ("echo", "suffix", "best_of", "logit_bias", "functions", "function_call")
@@ -240,9 +240,7 @@ class Server:
             messages = tool_calls.template_messages(messages)
             prompt, opened = await self.off_loop(self.tokenizer.apply_chat_template, messages, thinking, kwargs,
                                                  req.tool_specs())
-        except TemplateError as exc:
-            raise APIError(400, str(exc), param="messages") from None
-        except ValueError as exc:
+        except ValueError as exc:  # TemplateError, or tool-call arguments that are not JSON
             raise APIError(400, str(exc), param="messages") from None
         return prompt, opened, budget
 
@@ -518,7 +516,7 @@ def create_app(server: Server) -> FastAPI:
         req: ChatCompletionRequest = await server.parse(http, ChatCompletionRequest)
         server.check_token_ids(req.stop_token_ids, "stop_token_ids")
         try:
-            guided = api.guided(req.tools, req.tool_choice, req.parallel_tool_calls, req.response_format)
+            guided = api.guided(req.tool_specs(), req.tool_choice, req.parallel_tool_calls, req.response_format)
         except ValueError as exc:
             raise APIError(400, str(exc), param="tool_choice" if req.tool_choice else "response_format") from None
         prompt, thinking, budget = await server.chat_prompt(req)
