@@ -53,6 +53,15 @@ DT_LIMIT = (0.0, float("inf"))
 L2_FLUSH_BYTES = 256 << 20
 
 
+def _sweep_configs():
+    from nemodeploy.engine.kernels.triton_moe import GemmConfig as G
+
+    nvfp4 = [G(16, 128, 128, 4, 4), G(16, 128, 128, 4, 4, swap_ab=True), G(16, 256, 128, 4, 4, swap_ab=True),
+             G(16, 64, 128, 4, 4, swap_ab=True), G(16, 128, 256, 4, 3, swap_ab=True), G(16, 128, 128, 8, 4, swap_ab=True)]
+    prefill = [G(128, 256, 64, 8, 4), G(128, 256, 32, 8, 5), G(64, 256, 64, 8, 4)]
+    return nvfp4, prefill
+
+
 # ---------------------------------------------------------------- vendoring (--setup)
 
 # Stand-ins for the vllm modules the ops files import: each holds just what those files use.
@@ -201,11 +210,14 @@ def time_us(make_call: Callable[[int], Callable[[], object]], bytes_per_call: fl
 
 
 def measure_peaks() -> tuple[float, float]:
-    """(copy GB/s counting read + write, bf16 dense matmul TFLOP/s) on this GPU, now."""
+    """(copy GB/s counting read + write, bf16 dense matmul TFLOP/s) on this GPU, now.
+
+    The copy is an elementwise kernel (x * 1 into another buffer): inside a CUDA graph ``copy_``
+    becomes a memcpy node, which measured 2.7 TB/s on an H200 where kernels move ~4.3."""
     nbytes, n = (1 << 30, 8192) if DEVICE == "cuda" else (1 << 20, 256)
-    src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=DEVICE)
+    src = torch.randn(nbytes // 4, device=DEVICE)
     dst = torch.empty_like(src)
-    copy_us, _ = time_us(lambda i: lambda: dst.copy_(src), 2 * nbytes)
+    copy_us, _ = time_us(lambda i: lambda: torch.mul(src, 1.0, out=dst), 2 * nbytes)
     a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
     mm_us, _ = time_us(lambda i: lambda: a @ b, 0)
@@ -227,6 +239,7 @@ class Row:
     # (goal, text): goal > 0 is a speed-up over the baseline; goal < 0 asks for at least -goal
     # of the measured copy bandwidth
     target: tuple[float, str] | None = None
+    breakdown: bool = False  # also list the time of each GPU kernel in ours and the baseline
 
 
 def _bf16(*shape, scale=1.0):
@@ -306,7 +319,7 @@ def moe_rows(experts: Experts) -> list[Row]:
             reference=(lambda i, a=(x, weights, ids): lambda: torch_ops.routed_experts(
                 a[0], experts.w_up, experts.w_down, a[1], a[2], 0)) if decode else None,
             baseline=("torch._grouped_mm", lambda i, a=(x, ids): _grouped_mm_call(a[0], a[1], experts.w_up, experts.w_down)),
-            target=(1.0, ">=1.0x grouped_mm") if decode else (1.15, ">=1.15x grouped_mm"),
+            target=(1.0, ">=1.0x grouped_mm") if decode else (1.15, ">=1.15x grouped_mm"), breakdown=not decode,
         ))
         if decode:
             rows.append(Row(
@@ -318,6 +331,36 @@ def moe_rows(experts: Experts) -> list[Row]:
                 baseline=("torch._grouped_mm bf16", lambda i, a=(x, ids): _grouped_mm_call(a[0], a[1], experts.w_up, experts.w_down)),
                 target=(-0.8, ">=80% copy GB/s"),
             ))
+    return rows
+
+
+def _config_name(c) -> str:
+    return f"{c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}{' swap' if c.swap_ab else ''}"
+
+
+def moe_sweep_rows(experts: Experts) -> list[Row]:
+    """The MoE GEMMs under other tile configs than pick_config's (no targets): what to pick next."""
+    from nemodeploy.engine.kernels import triton_moe, triton_nvfp4
+
+    rows = []
+    for tokens in (DECODE_TOKENS[0], DECODE_TOKENS[-1]):
+        x = _bf16(tokens, LATENT)
+        weights, ids = _routing(tokens)[2:]
+        active = ids.unique().numel()
+        for c in _sweep_configs()[0]:
+            rows.append(Row(
+                "sweep nvfp4 " + _config_name(c), f"T={tokens}",
+                lambda i, a=(x, weights, ids), c=c: lambda: triton_nvfp4.routed_experts_nvfp4(
+                    a[0], experts.q_up, experts.q_down, a[1], a[2], 0, config=c),
+                bytes=active * 2 * FFN * LATENT * 4.5 / 8))
+    x = _bf16(PREFILL_TOKENS, LATENT)
+    weights, ids = _routing(PREFILL_TOKENS)[2:]
+    for c in _sweep_configs()[1]:
+        rows.append(Row(
+            "sweep bf16 " + _config_name(c), f"T={PREFILL_TOKENS}",
+            lambda i, a=(x, weights, ids), c=c: lambda: triton_moe.routed_experts(
+                a[0], experts.w_up, experts.w_down, a[1], a[2], 0, config=c),
+            bytes=EXPERTS * 2 * FFN * LATENT * 2, flops=2 * 2 * PREFILL_TOKENS * TOP_K * LATENT * FFN))
     return rows
 
 
@@ -381,15 +424,20 @@ def mamba_rows(vllm) -> list[Row]:
                       D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=DT_LIMIT)
         return lambda: vllm.chunk_scan(x, dt, A, Bm, Cm, CHUNK, **kwargs)
 
+    ssd_bytes = tokens * (HEADS * HEAD_DIM * (2 + 4) + HEADS * 2 + 2 * GROUPS * STATE * 2)
     rows.append(Row(
         "ssd chunk scan", f"T={tokens}",
         lambda i: lambda: triton_mamba.ssd_chunk_scan_varlen(**ssd_args, chunks=chunks),
-        bytes=tokens * (HEADS * HEAD_DIM * (2 + 4) + HEADS * 2 + 2 * GROUPS * STATE * 2),
+        bytes=ssd_bytes,
         flops=n_chunks * HEADS * (2 * CHUNK * CHUNK * (STATE + HEAD_DIM) + 4 * CHUNK * HEAD_DIM * STATE),
         reference=lambda i: lambda: torch_ops.ssd_chunk_scan_varlen(**ssd_args),
         baseline=("vLLM mamba_chunk_scan_combined_varlen", vllm_ssd) if vllm else None,
-        target=(1.1, ">=1.1x vLLM"),
+        target=(1.1, ">=1.1x vLLM"), breakdown=True,
     ))
+    for block_l in (CHUNK // 8, CHUNK // 4, CHUNK // 2):
+        rows.append(Row(f"sweep ssd block_l={block_l}", f"T={tokens}",
+                        lambda i, bl=block_l: lambda: triton_mamba.ssd_chunk_scan_varlen(**ssd_args, chunks=chunks, block_l=bl),
+                        bytes=ssd_bytes))
     # causal conv1d and gated RMSNorm: against the reference and the roofline only
     weight, bias = _bf16(CONV_CHANNELS, 4, scale=0.5), _bf16(CONV_CHANNELS, scale=0.1)
     conv_pool = _bf16(8 * max(DECODE_TOKENS) + 1, CONV_CHANNELS, 3)
@@ -441,6 +489,21 @@ def _interpreter_limits(errors: list[str]) -> list[str]:
     return [e for e in errors if DEVICE == "cpu" and "InterpreterError" in e]
 
 
+def kernel_breakdown(make_call: Callable[[int], Callable[[], object]], iters: int = 3) -> list[tuple[str, float]]:
+    """[(GPU kernel, microseconds per call)] of one call, longest first, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call = make_call(0)
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            call()
+        torch.cuda.synchronize()
+    times = [(e.key, e.device_time_total / iters) for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(times, key=lambda kv: -kv[1])[:8]
+
+
 def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
     """One row's times, its ratio to the baseline and its share of the roofline, as plain data."""
     errors: list[str] = []
@@ -450,6 +513,13 @@ def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
     base = _timed(row.baseline[1], row.bytes, row.baseline[0], base_errors)[0] if row.baseline else None
     notes = _interpreter_limits(base_errors)
     errors += [e for e in base_errors if e not in notes]
+    breakdown = {}
+    if row.breakdown and DEVICE == "cuda":
+        for name, call in [("ours", row.ours)] + ([row.baseline] if row.baseline else []):
+            try:
+                breakdown[name] = kernel_breakdown(call)
+            except Exception as exc:  # the profiler is a diagnosis: its failure must not end the table
+                errors.append(f"breakdown of {name} failed: {exc!r}"[:200])
     gbs = row.bytes / ours / 1e3 if ours else None
     speedup = base / ours if base and ours else None
     met = None  # not judged on CPU: a dry run's times mean nothing
@@ -464,6 +534,7 @@ def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
         flops=row.flops, tflop_s=row.flops / ours / 1e6 if ours else None,
         peak_share=row.flops / ours / 1e6 / peak_tflops if ours else None,
         target=row.target[1] if row.target else None, target_met=met, errors=errors, notes=notes,
+        breakdown=breakdown,
     )
 
 
@@ -492,6 +563,8 @@ def run(rows: list[Row], copy_gbs: float, peak_tflops: float,
               f"{ref_mark}{_fmt(r['baseline_us'], '.1f', 9)} {_fmt(r['vs_baseline'], '.2f', 7)}x "
               f"{_fmt(r['gb_s'], '.0f', 7)} {_fmt(pct(r['copy_share']), '.0f', 5)}% {_fmt(r['tflop_s'], '.1f', 8)} "
               f"{_fmt(pct(r['peak_share']), '.0f', 5)}%  {verdict}{''.join(f' [{e}]' for e in r['errors'] + r['notes'])}", flush=True)
+        for name, kernels in r["breakdown"].items():
+            print(f"    {name}: " + ", ".join(f"{k[:48]} {us:.0f} us" for k, us in kernels), flush=True)
     print("\n* reference syncs with the host: timed eagerly, not as a graph replay; ~ one wall-clock call (--dry-run)."
           "\n  base = torch._grouped_mm on pre-sorted tokens (no routing) for the MoE rows, vLLM's Triton kernels for Mamba.")
     return results
@@ -533,8 +606,9 @@ def main() -> None:
     print(f"{device_name}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak_tflops:.0f} TFLOP/s; "
           f"vLLM baseline: {vllm_note}; torch {torch.__version__}\n", flush=True)
     rows = []
-    if "moe" in args.only or not args.only:
-        rows += moe_rows(Experts())
+    if "moe" in args.only or "sweep" in args.only or not args.only:
+        experts = Experts()
+        rows += moe_rows(experts) + moe_sweep_rows(experts)
     rows += mamba_rows(vllm)
     header = dict(device=device_name, dry_run=args.dry_run, torch=torch.__version__, vllm=vllm_note,
                   copy_gb_s=copy_gbs, bf16_tflop_s=peak_tflops)

@@ -1,5 +1,7 @@
 """NVFP4 reference (nvfp4.py) and the W4A16 Triton grouped GEMM against it."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -10,6 +12,8 @@ from nemodeploy.engine.kernels.triton_moe import GemmConfig  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY = GemmConfig(block_m=16, block_n=16, block_k=32, num_warps=1, num_stages=1)
+# both operand orders of the kernel's dot (swap_ab: the weight tile first)
+TINY_ORDERS = pytest.mark.parametrize("config", [TINY, dataclasses.replace(TINY, swap_ab=True)], ids=["a-first", "w-first"])
 
 
 def test_quantize_round_trips_representable_values():
@@ -51,9 +55,10 @@ def _check(tokens, num_experts, latent, ffn, device, config=None, expert_start=0
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.float().abs().max().item())
 
 
+@TINY_ORDERS
 @pytest.mark.parametrize("tokens", [1, 7])
-def test_w4a16_experts_match_dequantised_reference(device, tokens):
-    _check(tokens, num_experts=5, latent=32, ffn=64, device=device, config=TINY)
+def test_w4a16_experts_match_dequantised_reference(device, tokens, config):
+    _check(tokens, num_experts=5, latent=32, ffn=64, device=device, config=config)
 
 
 def test_w4a16_experts_skip_other_ranks_experts(device):
@@ -67,13 +72,13 @@ def test_w4a16_experts_at_ultra_width(tokens):
     _check(tokens, num_experts=16, latent=2048, ffn=5120, device="cuda")
 
 
-@pytest.mark.parametrize("tokens", [1, 9])
-def test_w4a16_linear_matches_dequantised_reference(device, tokens):
+@pytest.mark.parametrize("tokens,k", [(1, 64), (9, 64), (5, 48)])  # 48: K not a multiple of the tile's 32
+def test_w4a16_linear_matches_dequantised_reference(device, tokens, k):
     """linear_nvfp4 (a one-expert grouped GEMM) and the reference table entry agree with x @ dequant(W)^T."""
     torch.manual_seed(tokens)
-    q = nvfp4.quantize(torch.randn(48, 64) / 8)
+    q = nvfp4.quantize(torch.randn(48, k) / 8)
     weight = nvfp4.NVFP4Weight(q.packed.to(device), q.scales.to(device), q.global_scale.to(device))
-    x = torch.randn(tokens, 64, device=device).to(torch.bfloat16)
+    x = torch.randn(tokens, k, device=device).to(torch.bfloat16)
     ref = x.float() @ nvfp4.dequantize(weight, torch.float32).T
     out = triton_nvfp4.linear_nvfp4(x, weight, config=TINY)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
@@ -89,3 +94,19 @@ def test_reference_nvfp4_experts_equal_the_dense_reference_on_dequantised_weight
     ref = torch_ops.routed_experts(x, nvfp4.dequantize(q_up, torch.float32), nvfp4.dequantize(q_down, torch.float32), weights, ids, 4)
     assert out.abs().max() > 0
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@TINY_ORDERS
+def test_w4a16_decodes_every_code_and_scale_exactly(device, config):
+    """Every byte (two E2M1 codes) under every finite E4M3 scale, subnormals included: the kernel's
+    bit-moving decode equals the reference's table lookup (fp32 activations, so the only error
+    left is the order of summation)."""
+    scales = torch.tensor([b for b in range(256) if b & 127 != 127], dtype=torch.uint8)  # not the NaNs
+    n, k = 2 * 254, 256 * 2 // 16 * 16  # each row: all 256 bytes; rows cycle through the scales
+    packed = torch.arange(256, dtype=torch.uint8).repeat(n, 1)
+    row_scales = scales.repeat(2)[:, None].expand(n, k // 16).contiguous()
+    weight = nvfp4.NVFP4Weight(packed.to(device), row_scales.to(device), torch.tensor(0.37, device=device))
+    x = torch.randn(3, k, device=device)
+    ref = x.double() @ nvfp4.dequantize(weight, torch.float64).T
+    out = triton_nvfp4.linear_nvfp4(x, weight, config=config)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
