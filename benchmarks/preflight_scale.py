@@ -7,9 +7,14 @@ runs in the same process on the same machine, so the ratio, not the seconds, is 
 
     python benchmarks/preflight_scale.py [--hosts 16] [--repeats 3] [--bandwidth-seconds 0.5] [--bed ndq] [--subnet 10.213.51.0/24]
 
-All 16 hosts share this machine's cores, so the parts of a run that need CPU (Python on every
-node, the TCP bandwidth samples: one stream per node) cannot overlap here the way they do on 16
-real machines; `nodes_in_flight_at_once` shows whether the nodes ran concurrently at all.
+All 16 hosts share this machine's cores, so the work each node does (its sshd session, its login
+shell, its Python probe) cannot overlap here the way it does on 16 real machines. Each run's
+`work_cpu_s` is how much CPU time it cost: the controller (this process) plus everything that ran
+in the hosts (each host's sshd and PID 1, which reap its sessions' processes, and with them the login
+shells and probes they ran), so other jobs on the machine do not count. A run cannot take less wall time than
+work_cpu_s / cores here: that quotient is the floor on this machine. The machine's own busy time
+over each run (/proc/stat) is printed too, to show how loaded it was. `nodes_in_flight_at_once` shows whether the
+nodes ran concurrently at all.
 """
 
 from __future__ import annotations
@@ -18,13 +23,46 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from nemodeploy.cluster import testhosts
 from nemodeploy.preflight.runner import Options, run_preflight
 from nemodeploy.topology.loader import loads
+
+
+def busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _accounting_pids(bed) -> list[int]:
+    """Per host: its PID 1 and its listening sshd (a child of PID 1: it daemonised). Their children's CPU
+    time reaches them when they reap them: the sessions' processes (sshd) and the orphans (PID 1)."""
+    pids = []
+    for host in bed.hosts:
+        pids.append(host.init_pid)
+        for task in Path(f"/proc/{host.init_pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if Path(f"/proc/{child}/comm").read_text().strip() == "sshd":
+                    pids.append(int(child))
+    return pids
+
+
+def work_cpu_s(accounting_pids: list[int]) -> float:
+    """CPU-seconds of this process and of everything that ran in the hosts: what a preflight run costs,
+    whatever else runs on the machine."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    for pid in accounting_pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return total
 
 
 def main() -> None:
@@ -43,16 +81,22 @@ def main() -> None:
         alone = everyone.model_copy(update={"nodes": everyone.nodes[:1]})
         options = Options(python=sys.executable, known_hosts=bed.known_hosts_path, bandwidth_seconds=args.bandwidth_seconds)
         seconds: dict[str, list[float]] = {"1": [], str(args.hosts): []}
+        cpu: dict[str, list[float]] = {"1": [], str(args.hosts): []}
+        work: dict[str, list[float]] = {"1": [], str(args.hosts): []}
+        accounting = _accounting_pids(bed)
         overlap: list[float] = []
         failures = 0
         for _ in range(args.repeats):
             for key, topology in (("1", alone), (str(args.hosts), everyone)):
                 spans: dict[str, list[float]] = {}
-                start = time.monotonic()
+                start, cpu_start, work_start = time.monotonic(), busy_cpu_s(), work_cpu_s(accounting)
                 report = run_preflight(topology, None, options,  # no plan: the checks against it are skipped
                                        progress=lambda node, what: spans.setdefault(node, []).append(time.monotonic()))
                 wall = time.monotonic() - start
                 seconds[key].append(wall)
+                cpu[key].append(busy_cpu_s() - cpu_start)
+                time.sleep(0.5)  # the hosts' sshd reap the sessions that just closed
+                work[key].append(work_cpu_s(accounting) - work_start)
                 if key != "1":  # how many nodes were in flight at once, on average: the sum of their spans over the wall time
                     overlap.append(sum(max(t) - min(t) for t in spans.values()) / wall)
                 failures += sum(r.name == "reach" for r in report.results)
@@ -64,6 +108,9 @@ def main() -> None:
         f"median_s_{args.hosts}_hosts": round(many, 2),
         "ratio": round(many / one, 2),
         "runs_s": {k: [round(s, 2) for s in v] for k, v in seconds.items()},
+        "work_cpu_s": {k: round(statistics.median(v), 2) for k, v in work.items()},
+        f"floor_s_{args.hosts}_hosts_on_this_machine": round(statistics.median(work[str(args.hosts)]) / os.cpu_count(), 2),
+        "machine_busy_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
         "nodes_in_flight_at_once": round(statistics.median(overlap), 1),
         "bandwidth_seconds": args.bandwidth_seconds,
         "unreachable_node_results": failures,

@@ -2,8 +2,10 @@
 
 `start_engine` logs in to the head over SSH and starts, detached, a Ray driver there
 (`python -m nemodeploy.backends.cluster_engine serve --spec FILE`): it joins the cluster
-as a driver of the head node, places one RayExecutor rank on each node the plan chose,
-and serves the OpenAI API on the head's address. The spec file (EngineConfig, ranks,
+as a driver of the head node, places one RayExecutor rank on each node the plan chose
+(tp / ep ranks, pipeline stages), one RayExecutor per data-parallel replica, each on a
+placement group of its own ranks' nodes, and serves the OpenAI API on the head's address
+in front of all replicas (engine/replicas.py). The spec file (EngineConfig, ranks,
 Ray address) and the driver's pid and log sit in one folder on the head. The engine's
 health URL goes into the cluster state, so `status` shows it; `stop_engine` (before
 `down`) ends the driver, and with it the ranks it owns.
@@ -13,8 +15,8 @@ The server binds the head's (non-loopback) address, so it always requires an API
 the driver reads it from there; it is never on a command line. A driver that exits
 during start-up is a one-line ClusterError with its last log line and the log's path.
 
-/health here also asks every rank: a rank that died while the engine was idle turns it
-to 503 with a JSON body that names the rank and its node.
+/health here also asks every rank: a rank that died while the engine was idle takes its
+replica out, named in the JSON body (replica, rank, node); with no replica left it is 503.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from nemodeploy.topology.netenv import node_env
 
 MODULE = "nemodeploy.backends.cluster_engine"
 HEALTH_TIMEOUT_S = 5.0
+REPLICA_PROBE_INTERVAL_S = 2.0  # how soon a replica whose ranks died while idle stops getting requests
 API_KEY_FILE_ENV = "NEMODEPLOY_API_KEY_FILE"
 
 # Run in the engine's folder: the driver in the background, its pid recorded. "$@" is the driver's
@@ -63,21 +66,17 @@ def launch_spec(topology, plan, gcs_address: str) -> dict:
     parallel = plan.parallel
     if parallel is None or plan.cache is None:
         raise LaunchError(f"{topology.name}: {plan.reason}")
-    if parallel.pp_size > 1:
-        from nemodeploy.engine.ray_executor import NO_PIPELINE
-
-        raise LaunchError(NO_PIPELINE)
-    if parallel.dp_size > 1:
-        raise LaunchError("data-parallel replicas are not implemented in the embedded engine; "
-                          "set engine.parallel.dp_size to 1 or use the vllm engine")
     nodes = {n.name: n for n in topology.nodes}
-    ranks = sorted(plan.ranks, key=lambda r: r.rank)
+    ranks = sorted(plan.ranks, key=lambda r: r.rank)  # tp fastest, then pp, then dp: the executors' order
     return {
         "config": engine_config(topology, plan).to_dict(),
         "ray_address": gcs_address,
         "node_ip_address": topology.nodes[0].address,
         "tp_size": parallel.tp_size,
         "ep_size": parallel.ep_size,
+        "pp_size": parallel.pp_size,
+        "dp_size": parallel.dp_size,
+        "stage_layers": [list(stage.layers) for stage in plan.stages],
         "rank_nodes": [r.address for r in ranks],
         "rank_names": [r.node for r in ranks],
         "rank_env": [node_env(nodes[r.node]) for r in ranks],
@@ -102,8 +101,8 @@ def start_engine(topology, plan, api_key: str, port: int | None = None, timeout:
     spec = launch_spec(topology, plan, state.gcs_address)
     head, head_target = head
     port = port or topology.engine.port
-    by_address = {n.address: (i, n) for i, n in enumerate(state.nodes)}
-    for address in dict.fromkeys([head.address, *spec["rank_nodes"]]):
+    by_address = {n.ray_ip: (i, n) for i, n in enumerate(state.nodes)}  # ranks are placed by Ray's node IP
+    for address in dict.fromkeys([head.ray_ip, *spec["rank_nodes"]]):
         i, node = by_address[address]
         target = Target(node.name, node.address, node.ssh_user, node.ssh_port, node.ssh_key, i)
         with connect(target, state.known_hosts) as shell:
@@ -176,48 +175,58 @@ def stop_engine(topology_name: str) -> bool:
 # -- the driver on the head ---------------------------------------------------
 
 
+def _replicas(spec: dict, config):
+    """One started AsyncEngine per data-parallel replica, each over a RayExecutor on its own ranks' nodes."""
+    from nemodeploy.cluster.placement import rank_placement_group
+    from nemodeploy.engine.async_engine import AsyncEngine
+    from nemodeploy.engine.core import LLMEngine
+    from nemodeploy.engine.ray_executor import RayExecutor, rank_resources
+
+    size = len(spec["rank_nodes"]) // spec["dp_size"]
+    engines = []
+    try:
+        for replica in range(spec["dp_size"]):
+            own = slice(replica * size, (replica + 1) * size)
+            group = rank_placement_group(spec["rank_nodes"][own], rank_resources(config), timeout_s=120.0)
+            executor = RayExecutor(config, spec["tp_size"], spec["ep_size"], spec["pp_size"], placement_group=group,
+                                   env=spec["rank_env"][own], stage_layers=spec["stage_layers"])
+            try:
+                engines.append(AsyncEngine(LLMEngine(config, executor=executor)).start())
+            except BaseException:
+                executor.shutdown()
+                raise
+    except BaseException:
+        for engine in engines:
+            engine.shutdown()
+        raise
+    return engines
+
+
 def _app(spec: dict, api_key: str | None):
-    """The server's app over an LLMEngine whose executor is a RayExecutor; /health also checks every rank."""
+    """The server's app over the replicas; /health also asks every rank of every replica still serving."""
     import asyncio
 
     from fastapi.responses import JSONResponse
 
-    from nemodeploy.engine.async_engine import AsyncEngine
     from nemodeploy.engine.config import EngineConfig
-    from nemodeploy.engine.core import LLMEngine
-    from nemodeploy.cluster.placement import rank_placement_group
-    from nemodeploy.engine.ray_executor import EngineWorkerError, RayExecutor, rank_resources
+    from nemodeploy.engine.replicas import ReplicaSet
     from nemodeploy.engine.server import Server, create_app
 
     config = EngineConfig.from_dict(spec["config"])
-    group = rank_placement_group(spec["rank_nodes"], rank_resources(config), timeout_s=120.0)
-    executor = RayExecutor(config, spec["tp_size"], spec["ep_size"], placement_group=group, env=spec["rank_env"])
-    try:
-        engine = LLMEngine(config, executor=executor)
-    except BaseException:
-        executor.shutdown()
-        raise
-    async_engine = AsyncEngine(engine).start()
+    replicas = ReplicaSet(_replicas(spec, config), probe_interval_s=REPLICA_PROBE_INTERVAL_S)
+    tokenizer = replicas.engines[0].engine.tokenizer
     name = config.served_model_name or Path(config.model).name
-    app = create_app(Server(async_engine, engine.tokenizer, name, config.max_model_len, api_key,
-                            config.default_thinking))
+    app = create_app(Server(replicas, tokenizer, name, config.max_model_len, api_key, config.default_thinking))
     names = dict(zip(spec["rank_nodes"], spec["rank_names"]))
 
     async def health():
-        if async_engine.error is not None:
-            return JSONResponse({"status": "failed", "error": str(async_engine.error)}, status_code=503)
-        if not async_engine.alive:
-            return JSONResponse({"status": "failed", "error": "the engine loop is not running"}, status_code=503)
-        try:
-            await asyncio.to_thread(executor.check_ranks, HEALTH_TIMEOUT_S)
-        except EngineWorkerError as err:
-            return JSONResponse({"status": "failed", "error": str(err), "rank": err.rank,
-                                 "node": names.get(err.node, err.node), "address": err.node}, status_code=503)
-        return JSONResponse({"status": "ok", "ranks": len(spec["rank_nodes"])})
+        await asyncio.to_thread(replicas.probe, HEALTH_TIMEOUT_S)
+        status, body = replicas.report(names)
+        return JSONResponse({**body, "ranks": len(spec["rank_nodes"])} if status == 200 else body, status_code=status)
 
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
     app.add_api_route("/health", health, methods=["GET"])
-    return app, async_engine
+    return app, replicas
 
 
 def serve(spec_path: str, host: str, port: int) -> None:
@@ -231,11 +240,11 @@ def serve(spec_path: str, host: str, port: int) -> None:
     ray.init(address=spec["ray_address"], _node_ip_address=spec["node_ip_address"], namespace="nemodeploy",
              log_to_driver=False)
     try:
-        app, async_engine = _app(spec, Path(os.environ[API_KEY_FILE_ENV]).read_text().strip())
+        app, replicas = _app(spec, Path(os.environ[API_KEY_FILE_ENV]).read_text().strip())
         try:
             uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         finally:
-            async_engine.shutdown()
+            replicas.shutdown()
     finally:
         ray.shutdown()
 

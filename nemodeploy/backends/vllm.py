@@ -152,9 +152,9 @@ def serve_args(topology: Topology, plan: Plan, *, launcher: str | None = None) -
         args["--moe-backend"] = kernels.default_moe_backend(arch, plan.precision.weights)
     if cache.speculative_tokens:
         args["--speculative-config"] = json.dumps({"method": "mtp", "num_speculative_tokens": cache.speculative_tokens})
-    # Prefix caching with MTP crashes on hybrid models (vllm 39809): on only where it is safe.
-    unsafe = bool(cache.speculative_tokens and plan.model.mamba_state_bytes_per_sequence)
-    args["--disable-prefix-caching" if unsafe else "--enable-prefix-caching"] = None
+    # the plan's serving.prefix_caching: by default on where it is safe (not MTP on a hybrid model, vllm 39809);
+    # asked for there anyway, the rules refuse the launch
+    args["--enable-prefix-caching" if cache.prefix_caching else "--disable-prefix-caching"] = None
     args.update({"--reasoning-parser": REASONING_PARSER, "--enable-auto-tool-choice": None,
                  "--tool-call-parser": TOOL_CALL_PARSER})
     _merge_extra(args, topology.engine.extra_args)

@@ -40,8 +40,12 @@ def up_cluster_command(
     port: int | None = None,
     api_key: str | None = None,
     known_hosts: str | None = None,
+    measured: Topology | None = None,
 ) -> None:
     """Bring up the Ray cluster, then the embedded engine on it; both steps leave what already runs alone.
+
+    `measured` is the topology as `up`'s preflight measured it: Ray and the engine run on each
+    node's measured address and interface (the plan is compiled from it), SSH uses the topology's.
 
     The engine always requires an API key (it binds the head's network address): the one given,
     else the one kept from an earlier `up`, else a new one, shown once. If the engine fails to
@@ -51,7 +55,7 @@ def up_cluster_command(
 
     console = Console(stderr=True)
     new_cluster = _or_exit(lambda: cluster_state.load(topology.name)) is None
-    state = _or_exit(lambda: up_cluster(topology, accept_new_host_keys, known_hosts, console))
+    state = _or_exit(lambda: up_cluster(topology, accept_new_host_keys, known_hosts, console, measured=measured))
     console.print(f"Ray cluster [bold]{topology.name}[/] up: {len(state.nodes)} nodes, head at {state.gcs_address}")
     if plan is None:
         return
@@ -63,6 +67,10 @@ def up_cluster_command(
                  f"`nemodeploy down {topology.name}` first to change it", EXIT_BAD_INPUT)
         console.print(f"engine already serving: {engine.health_url}")
         return
+    if measured is not None and measured != topology:
+        from nemodeploy.plan.compiler import compile_plan
+
+        topology, plan = measured, compile_plan(measured)  # the same plan, its ranks on the measured addresses
     start = _start_embedded
     if plan.engine == "vllm":
         from nemodeploy.cli.cluster_vllm import start_vllm_engine as start

@@ -16,28 +16,46 @@ from nemodeploy.cli.common import EXIT_BAD_INPUT, EXIT_INFEASIBLE, compile_or_ex
 @click.option("--accept-new-host-keys", is_flag=True, help="Trust SSH host keys not yet in known_hosts.")
 @click.option("--known-hosts", type=click.Path(dir_okay=False), default=None, envvar="NEMODEPLOY_KNOWN_HOSTS",
               help="known_hosts file for the nodes' SSH host keys (default ~/.ssh/known_hosts).")
+@click.option("--skip-preflight", is_flag=True,
+              help="Cluster: start without measuring the network first (Ray and the engine then use the topology's addresses and NICs).")
 def up(topology: str, detach: bool, host: str, port: int | None, api_key: str | None, accept_new_host_keys: bool,
-       known_hosts: str | None) -> None:
-    """Plan TOPOLOGY and bring it up: locally, or as a Ray cluster over SSH."""
+       known_hosts: str | None, skip_preflight: bool) -> None:
+    """Plan TOPOLOGY and bring it up: locally, or as a Ray cluster over SSH.
+
+    On a cluster, the network part of `nemodeploy preflight` runs first: a failed check stops `up`
+    before anything starts, and Ray and the engine run on each node's measured route to the head.
+    """
     loaded, compiled = compile_or_exit(topology)
     if not compiled.fits:
         fail(f"nemodeploy: {loaded.name}: {compiled.reason}; run `nemodeploy plan {topology}` for the nearest plans that fit",
              EXIT_INFEASIBLE)
     if is_local(loaded) and compiled.engine != "vllm":  # vLLM always runs on a Ray cluster, even of one node
-        from nemodeploy.backends.embedded import LocalError, up_local
-        from nemodeploy.backends.engine_config import LaunchError
+        from nemodeploy.backends.embedded import up_local
+        from nemodeploy.backends.engine_config import LaunchError, model_dir
+        from nemodeploy.cli.serve import serve_or_exit
+
+        def start() -> None:
+            try:
+                up_local(loaded, compiled, host=host, port=port or loaded.engine.port, api_key=api_key, detach=detach)
+            except LaunchError as err:
+                fail(f"nemodeploy: {loaded.name}: {err}", EXIT_BAD_INPUT)
 
         try:
-            up_local(loaded, compiled, host=host, port=port or loaded.engine.port, api_key=api_key, detach=detach)
+            directory = model_dir(loaded)
         except LaunchError as err:
             fail(f"nemodeploy: {loaded.name}: {err}", EXIT_BAD_INPUT)
-        except LocalError as err:
-            fail(f"nemodeploy: {err}", err.exit_code)
+        serve_or_exit(directory, start)  # a checkpoint at fault: one line naming the file or module
         return
     from nemodeploy.cli.cluster import up_cluster_command
 
+    measured = None
+    # One node on loopback has no network to measure; nodes with count > 1 are refused by the bring-up itself.
+    if not skip_preflight and not is_local(loaded) and all(node.count == 1 for node in loaded.nodes):
+        from nemodeploy.cli.preflight import network_before_up
+
+        measured = network_before_up(loaded, known_hosts, accept_new_host_keys)
     up_cluster_command(loaded, compiled, accept_new_host_keys=accept_new_host_keys, known_hosts=known_hosts,
-                       port=port, api_key=api_key)
+                       port=port, api_key=api_key, measured=measured)
 
 
 @click.command()

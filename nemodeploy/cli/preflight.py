@@ -11,7 +11,7 @@ import json
 
 import click
 
-from nemodeploy.cli.common import EXIT_BAD_INPUT, fail, is_local, load_topology
+from nemodeploy.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, fail, is_local, load_topology
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -84,3 +84,41 @@ def preflight(topology: str, as_json: bool, strict: bool, python: str, accept_ne
     else:
         _render(report, Console())
     raise SystemExit(exit_code(report.results, strict))
+
+
+def network_before_up(topology, known_hosts: str | None, accept_new_host_keys: bool):
+    """`up`'s first step: the topology as its network was measured, or exit 1 with the first blocking check.
+
+    One line per warning; a blocking result is one line naming the node, the check, what was
+    measured and the remedy. Progress per node on stderr while it runs. Host keys are checked
+    against `known_hosts`, else the file an earlier `up` of this cluster used, as the bring-up does.
+    """
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from nemodeploy.cluster import state as cluster_state
+    from nemodeploy.cluster.errors import ClusterError
+    from nemodeploy.preflight.gate import network_gate
+    from nemodeploy.preflight.runner import Options
+
+    if known_hosts is None:
+        try:
+            recorded = cluster_state.load(topology.name)
+        except ClusterError:
+            recorded = None  # an unreadable state file: the bring-up reports it
+        known_hosts = recorded.known_hosts if recorded else None
+    console = Console(stderr=True)
+    options = Options(known_hosts=known_hosts, accept_new_host_keys=accept_new_host_keys)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
+        tasks = {node.name: progress.add_task(f"preflight {node.name}: waiting") for node in topology.nodes}
+        gate = network_gate(topology, options,
+                            progress=lambda node, what: progress.update(tasks[node], description=f"preflight {node}: {what}"))
+    for r in gate.warnings:
+        console.print(f"[yellow]preflight: {r.node}: {r.name}: {r.measured}[/]", highlight=False)
+    if gate.blocking:
+        r, more = gate.blocking[0], len(gate.blocking) - 1
+        others = f" ({more} more: `nemodeploy preflight {topology.name}` lists all)" if more else ""
+        fail(f"nemodeploy: preflight: {r.node}: {r.name}: {r.measured}; fix: {r.remedy}{others}; "
+             "or `up --skip-preflight` to start without it", EXIT_FAILED)
+    console.print(f"preflight: the network of {len(topology.nodes)} nodes checked in {gate.seconds:.1f} s", highlight=False)
+    return gate.measured

@@ -1,8 +1,11 @@
 """Cluster lifecycle over SSH: up (idempotent), down (exactly what up started), status, logs.
 
-The head is the topology's first node. Every check (SSH login, host keys, Ray
-installed and of one version, ports free) runs on every node before anything is
-started, so a failed check leaves nothing running; a failure after a start
+The head is the topology's first node. `up` may be given the topology as preflight MEASURED it
+(nemodeploy.preflight.env.measured_topology): each node's address and NICs as its route to the
+head really uses them. Ray then starts there with that address (--node-ip-address) and its
+NCCL/Gloo/vLLM environment (netenv), while SSH keeps the topology's addresses. Every check
+(SSH login, host keys, Ray installed and of one version, ports free) runs on every node before
+anything is started, so a failed check leaves nothing running; a failure after a start
 stops what this call started. Ray runs with token authentication: `up` copies the
 cluster's token (nemodeploy.cluster.secrets) to every node before it starts anything.
 
@@ -178,10 +181,15 @@ def up_cluster(
     known_hosts: str | None = None,
     console: Console | None = None,
     settings: RaySettings | None = None,
+    measured: Topology | None = None,
 ) -> ClusterState:
-    """Bring up Ray on every node of the topology over SSH; nodes already alive are left alone."""
+    """Bring up Ray on every node of the topology over SSH; nodes already alive are left alone.
+
+    `measured`: the same nodes with the address and NICs Ray and the engine should use there.
+    """
     settings = settings or RaySettings()
     nodes = _nodes(topology)
+    ray_node = {n.name: n for n in (measured or topology).nodes}
     head_node, gcs = nodes[0], _gcs_address(topology, settings)
     previous = cluster_state.load(topology.name)
     known_hosts = known_hosts or (previous.known_hosts if previous else None)
@@ -194,22 +202,24 @@ def up_cluster(
         with NodeSteps(console, [n.name for n in nodes]) as steps:
             table = ray_bringup.list_nodes(by_name[head_node.name], gcs)
             alive = {n.ip for n in table or [] if n.alive}
-            head_up = head_node.address in alive
-            to_start = [n for n in nodes if not head_up or n.address not in alive]
+            head_up = ray_node[head_node.name].address in alive
+            to_start = [n for n in nodes if not head_up or ray_node[n.name].address not in alive]
             running = [n for n in nodes if n not in to_start and n is not head_node]
             _parallel(running, lambda n: _require_reach(by_name[n.name], gcs))
             for node in nodes:
                 if node not in to_start:
                     steps.done(node.name, "already alive")
             if to_start:
-                _start(topology, to_start, by_name, previous, settings, steps, started)
-                table = _wait_alive(by_name[head_node.name], gcs, to_start, settings.join_timeout_s, steps)
+                _start(topology, [ray_node[n.name] for n in to_start], by_name, previous, settings, steps, started)
+                table = _wait_alive(by_name[head_node.name], gcs, [ray_node[n.name] for n in to_start],
+                                    settings.join_timeout_s, steps)
     except BaseException:
         _stop_quietly(started, settings)
         raise
     finally:
         _close(shells)
-    return _record(topology, nodes, table or [], previous, known_hosts, settings, {s.target.name for s in started})
+    return _record(topology, nodes, ray_node, table or [], previous, known_hosts, settings,
+                   {s.target.name for s in started})
 
 
 def _start(
@@ -221,7 +231,7 @@ def _start(
     steps: NodeSteps,
     started: list[Shell],
 ) -> None:
-    head_node = topology.nodes[0]
+    head_node = next((n for n in to_start if n.name == topology.nodes[0].name), topology.nodes[0])
     gcs = _gcs_address(topology, settings)
     recorded = {n.name for n in previous.nodes} if previous else set()
 
@@ -261,6 +271,7 @@ def _start(
 def _record(
     topology: Topology,
     nodes: list[Node],
+    ray_node: dict[str, Node],
     table: list[RayNode],
     previous: ClusterState | None,
     known_hosts: str | None,
@@ -284,8 +295,9 @@ def _record(
                 ssh_key=n.ssh.key,
                 temp_dir=ray_bringup.temp_dir(settings, n),
                 head=i == 0,
-                node_id=alive[n.address].node_id if n.address in alive else "",
+                node_id=alive[ip].node_id if (ip := ray_node[n.name].address) in alive else "",
                 started_at=now if n.name in started_now or n.name not in before else before[n.name].started_at,
+                ip="" if ip == n.address else ip,
             )
             for i, n in enumerate(nodes)
         ],
@@ -383,8 +395,9 @@ def cluster_status(
         table = table_of_head()
         reach = [(False, ""), *(f.result() for f in probes)]
     statuses = []
+    ray_ip = {n.name: n.ray_ip for n in recorded.nodes} if recorded else {}
     for node, (cut, why) in zip(nodes, reach):
-        rows = [r for r in table or [] if r.ip == node.address]
+        rows = [r for r in table or [] if r.ip == ray_ip.get(node.name, node.address)]
         row = next((r for r in rows if r.alive), rows[-1] if rows else None)
         state = "absent" if row is None else "alive" if row.alive else "dead"
         statuses.append(NodeStatus(node.name, node.address, "cut-off" if state == "alive" and cut else state,

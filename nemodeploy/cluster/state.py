@@ -16,7 +16,12 @@ from nemodeploy.paths import cache_dir
 
 @dataclass
 class NodeState:
-    """One node as `up` left it. The SSH settings are kept so that `down` needs only the name."""
+    """One node as `up` left it. The SSH settings are kept so that `down` needs only the name.
+
+    `address` is where SSH reaches the node; `ip` the address Ray runs on there (its
+    --node-ip-address: the source of the node's route to the head, as `up`'s preflight measured
+    it), empty when it is `address`.
+    """
 
     name: str
     address: str
@@ -27,6 +32,11 @@ class NodeState:
     head: bool = False
     node_id: str = ""
     started_at: float = 0.0
+    ip: str = ""
+
+    @property
+    def ray_ip(self) -> str:
+        return self.ip or self.address
 
 
 @dataclass

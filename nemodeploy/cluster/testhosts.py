@@ -204,6 +204,14 @@ def run_in_host(host: TestHost, argv: Sequence[str], timeout: float = 120, **kwa
     return subprocess.run(host_argv(host, argv), timeout=timeout, **kwargs)
 
 
+def process_environ(host: TestHost, pattern: str) -> dict[str, str]:
+    """The environment a process inside `host` really runs with (its /proc/<pid>/environ), the first that
+    `pgrep -f pattern` finds there."""
+    pid = run_in_host(host, ["pgrep", "-f", pattern]).stdout.split()[0]
+    raw = run_in_host(host, ["cat", f"/proc/{pid}/environ"]).stdout
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
 def _child_of(pid: int, timeout: float = 5.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -253,6 +261,26 @@ def cut_from(host: TestHost, address: str, port: int, cut: bool = True) -> None:
         run_in_host(host, ["nft", "-f", "-"], input=rules, check=True)
     else:
         run_in_host(host, ["nft", "delete", "table", "inet", table], check=True)
+
+
+def link_hosts(bed: TestBed, a: TestHost, b: TestHost, subnet: str, ifname: str = "eth1") -> tuple[str, str]:
+    """A second network between two hosts: a veth pair named `ifname` in both, addresses .1 (a) and .2 (b)
+    of `subnet`; returns those addresses. It goes with the hosts' namespaces when the bed is destroyed."""
+    net = ipaddress.ip_network(subnet)
+    addresses = (str(net[1]), str(net[2]))
+    ends = [f"{bed.name}{a.name}x", f"{bed.name}{b.name}x"]
+    _ip("link", "add", ends[0], "type", "veth", "peer", "name", ends[1])
+    for end, host, address in zip(ends, (a, b), addresses):
+        _ip("link", "set", end, "netns", host.netns)
+        _ip("link", "set", end, "name", ifname, netns=host.netns)
+        _ip("addr", "add", f"{address}/{net.prefixlen}", "dev", ifname, netns=host.netns)
+        _ip("link", "set", ifname, "up", netns=host.netns)
+    return addresses
+
+
+def route_via(host: TestHost, destination: str, ifname: str, source: str) -> None:
+    """Make `host` reach `destination` over `ifname` from `source` (a host route, as on a multi-homed node)."""
+    _ip("route", "add", f"{destination}/32", "dev", ifname, "src", source, netns=host.netns)
 
 
 def set_link(host: TestHost, up: bool) -> None:

@@ -32,15 +32,16 @@ def mtp_layer_key(index: int) -> str:
     return f"mtp.layers.{index}"
 
 
-def attention_keys(config: NemotronHConfig, include_mtp: bool) -> list[str]:
-    keys = [layer_key(i) for i, t in enumerate(config.layer_types) if t == ATTENTION]
+def attention_keys(config: NemotronHConfig, include_mtp: bool, layers: range | None = None) -> list[str]:
+    """Cache keys of the attention layers among `layers` (default: all), then the MTP head's."""
+    keys = [layer_key(i) for i, t in enumerate(config.layer_types) if t == ATTENTION and (layers is None or i in layers)]
     if include_mtp:
         keys += [mtp_layer_key(i) for i, t in enumerate(config.mtp_layer_types) if t == ATTENTION]
     return keys
 
 
-def mamba_keys(config: NemotronHConfig) -> list[str]:
-    return [layer_key(i) for i, t in enumerate(config.layer_types) if t == MAMBA]
+def mamba_keys(config: NemotronHConfig, layers: range | None = None) -> list[str]:
+    return [layer_key(i) for i, t in enumerate(config.layer_types) if t == MAMBA and (layers is None or i in layers)]
 
 
 def local_kv_heads(config: NemotronHConfig, parallel: ParallelConfig) -> int:
@@ -59,23 +60,26 @@ def ssm_dtype(config: NemotronHConfig) -> torch.dtype:
 
 
 def kv_bytes_per_block(
-    config: NemotronHConfig, block_size: int, dtype: torch.dtype, parallel: ParallelConfig = ParallelConfig(), include_mtp: bool = False
+    config: NemotronHConfig, block_size: int, dtype: torch.dtype, parallel: ParallelConfig = ParallelConfig(), include_mtp: bool = False,
+    layers: range | None = None,
 ) -> int:
     per_layer = 2 * block_size * local_kv_heads(config, parallel) * config.head_dim * dtype.itemsize
-    return per_layer * len(attention_keys(config, include_mtp))
+    return per_layer * len(attention_keys(config, include_mtp, layers))
 
 
-def mamba_bytes_per_slot(config: NemotronHConfig, conv_dtype: torch.dtype, parallel: ParallelConfig = ParallelConfig()) -> int:
+def mamba_bytes_per_slot(config: NemotronHConfig, conv_dtype: torch.dtype, parallel: ParallelConfig = ParallelConfig(),
+                         layers: range | None = None) -> int:
     heads, channels = local_mamba_dims(config, parallel)
     conv = channels * (config.conv_kernel - 1) * conv_dtype.itemsize
     ssm = heads * config.mamba_head_dim * config.ssm_state_size * ssm_dtype(config).itemsize
-    return (conv + ssm) * len(mamba_keys(config))
+    return (conv + ssm) * len(mamba_keys(config, layers))
 
 
 class HybridCache:
     """Cache tensors of one rank. KV: [num_kv_blocks, block_size, kv_heads, head_dim] per layer;
     Mamba: conv [num_mamba_slots, channels, conv_kernel - 1] and SSM [num_mamba_slots, heads,
     head_dim, state] (in `mamba_ssm_cache_dtype`) per layer. Keyed by the layer's checkpoint path.
+    A pipeline stage holds the layers in `layers` only (default: all).
     """
 
     def __init__(
@@ -92,19 +96,20 @@ class HybridCache:
         max_spec_seqs: int = 0,
         num_checkpoints: int = 0,
         kv_dtype: torch.dtype | None = None,
+        layers: range | None = None,
     ) -> None:
         self.block_size = block_size
         kv_shape = (num_kv_blocks, block_size, local_kv_heads(config, parallel), config.head_dim)
         kv_dtype = kv_dtype or dtype  # float8_e4m3fn: an FP8 KV cache (model/attention.py applies the scales)
         self.kv = {
             key: (torch.zeros(kv_shape, dtype=kv_dtype, device=device), torch.zeros(kv_shape, dtype=kv_dtype, device=device))
-            for key in attention_keys(config, include_mtp)
+            for key in attention_keys(config, include_mtp, layers)
         }
         heads, channels = local_mamba_dims(config, parallel)
         conv_shape = (channels, config.conv_kernel - 1)
         ssm_shape = (heads, config.mamba_head_dim, config.ssm_state_size)
-        self.conv = {k: torch.zeros((num_mamba_slots, *conv_shape), dtype=dtype, device=device) for k in mamba_keys(config)}
-        self.ssm = {k: torch.zeros((num_mamba_slots, *ssm_shape), dtype=ssm_dtype(config), device=device) for k in mamba_keys(config)}
+        self.conv = {k: torch.zeros((num_mamba_slots, *conv_shape), dtype=dtype, device=device) for k in mamba_keys(config, layers)}
+        self.ssm = {k: torch.zeros((num_mamba_slots, *ssm_shape), dtype=ssm_dtype(config), device=device) for k in mamba_keys(config, layers)}
         spec = (max_spec_seqs, num_spec_tokens + 1) if num_spec_tokens else (0, 0)
         self.spec_conv = {k: torch.zeros((*spec, *conv_shape), dtype=dtype, device=device) for k in self.conv}
         self.spec_ssm = {k: torch.zeros((*spec, *ssm_shape), dtype=ssm_dtype(config), device=device) for k in self.ssm}
@@ -120,6 +125,20 @@ class HybridCache:
         for key in self.conv:
             self.conv[key][slot] = self.ckpt_conv[key][index]
             self.ssm[key][slot] = self.ckpt_ssm[key][index]
+
+    def verify_states(self, row: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copies of verify row `row`'s per-token conv and SSM states, for a pipeline stage that learns
+        how many tokens were kept only after a later stage sampled (`commit_saved`)."""
+        return ({k: v[row].clone() for k, v in self.spec_conv.items()},
+                {k: v[row].clone() for k, v in self.spec_ssm.items()})
+
+    def commit_saved(self, slot: int, states: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+                     num_kept: int) -> None:
+        """`commit` for one slot from `verify_states`' copies."""
+        conv, ssm = states
+        for key in self.conv:
+            self.conv[key][slot] = conv[key][num_kept - 1]
+            self.ssm[key][slot] = ssm[key][num_kept - 1]
 
     def commit(self, mamba_slots: torch.Tensor, num_kept: torch.Tensor) -> None:
         """After a verify step: set each slot to its state after `num_kept` (>= 1) of its k+1 tokens.

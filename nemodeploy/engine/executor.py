@@ -35,7 +35,11 @@ class StepResult:
 
 
 class ExecutorDead(RuntimeError):
-    """The executor can run no step again (a rank is gone): the engine stops, no request is retried."""
+    """The executor can run no step again (a rank is gone): the engine stops, no request is retried.
+    `rank` and `node` name the rank that failed, where the executor knows it."""
+
+    rank: int | None = None
+    node: str | None = None
 
 
 class Executor(ABC):
@@ -45,6 +49,9 @@ class Executor(ABC):
     @abstractmethod
     def cache_info(self) -> dict[str, int]:
         """num_kv_blocks, block_size, num_mamba_slots and bytes of the allocated cache."""
+
+    def check(self, timeout: float) -> None:
+        """Raise ExecutorDead unless every rank answers within `timeout`; in-process executors always do."""
 
     def shutdown(self) -> None:
         pass

@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from nemodeploy.engine.kernels import get_kernels
 from nemodeploy.engine.model.nemotron_h import NemotronHForCausalLM
-from nemodeploy.engine.model.parallel import ParallelConfig
+from nemodeploy.engine.model.parallel import ParallelConfig, PipelineStage
 from nemodeploy.engine.quant.config import read_quant_config
 from nemodeploy.engine.quant.formats import QUANTIZED_DTYPES
 from nemodeploy.models.config import NemotronHConfig
@@ -188,16 +188,17 @@ def load_model(
     parallel: ParallelConfig = ParallelConfig(),
     with_mtp: bool = True,
     progress: Progress | None = print_progress,
+    stage: PipelineStage | None = None,
 ) -> NemotronHForCausalLM:
     """The model of `model_dir` on `device` in `dtype` (fp32 params stay fp32), this rank's shard.
 
-    with_mtp=False skips the MTP head (and its `mtp.*` tensors). Quantized tensors stay in their
+    with_mtp=False skips the MTP head (and its `mtp.*` tensors); a pipeline `stage` reads only its layers'. Quantized tensors stay in their
     stored dtype (quant/formats.py).
     """
     config = NemotronHConfig.from_file(model_dir)
     quant = read_quant_config(model_dir)
     reader = CheckpointReader(model_dir)
     with torch.device(device):
-        model = NemotronHForCausalLM(config, parallel, dtype, get_kernels(device), with_mtp, quant)
+        model = NemotronHForCausalLM(config, parallel, dtype, get_kernels(device), with_mtp, quant, stage)
     load_weights(model, reader, progress)
     return model.eval()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 
-from nemodeploy.backends.engine_config import TORCH_DTYPES
+from nemodeploy.backends.engine_config import LaunchError, engine_dtype, kv_cache_dtype
 from nemodeploy.backends.vllm import VllmError, launch_nodes, serve_argv, serve_env
 from nemodeploy.k8s.pods import RenderError
 from nemodeploy.plan.types import Plan
@@ -61,17 +61,24 @@ def node_environment(topology: Topology, plan: Plan, node_rank: int) -> dict[str
 
 def embedded_argv(topology: Topology, plan: Plan, model_path: str | None) -> list[str]:
     """`nemodeploy serve` with the plan's cache sizing (what EngineConfig gets from `up`)."""
-    dtype = TORCH_DTYPES.get(plan.precision.weights)
-    if not model_path or dtype is None:
-        raise RenderError(f"{topology.name}: the embedded engine serves a bf16 or fp32 checkpoint directory: "
-                          "set model.path (inside modelVolume.mountPath) and model.precision, or use engine.kind: vllm")
+    if not model_path:
+        raise RenderError(f"{topology.name}: the embedded engine serves a checkpoint directory: "
+                          "set model.path (inside modelVolume.mountPath), or use engine.kind: vllm")
     cache = plan.cache
+    try:
+        dtype = engine_dtype(plan)
+        kv = kv_cache_dtype(plan, dtype)
+    except LaunchError as err:
+        raise RenderError(f"{topology.name}: {err}") from None
     flags = {
         "--model": model_path, "--host": "0.0.0.0", "--port": topology.engine.port, "--dtype": dtype,
         "--device": "cpu" if plan.accelerator == "cpu" else "cuda", "--block-size": cache.block_size,
         "--num-kv-blocks": cache.num_kv_blocks, "--num-mamba-slots": cache.num_mamba_slots,
         "--max-num-seqs": cache.max_num_seqs, "--max-num-batched-tokens": cache.max_num_batched_tokens,
         "--max-model-len": cache.max_model_len, "--speculative-tokens": cache.speculative_tokens,
+        "--kv-cache-dtype": kv, "--prefix-caching": cache.prefix_caching,
+        "--mamba-checkpoint-interval": cache.mamba_checkpoint_interval,
+        "--num-mamba-checkpoints": cache.num_mamba_checkpoints,
         "--served-model-name": topology.model.id,
     }
     return ["nemodeploy", "serve", *(part for flag, value in flags.items() for part in (flag, str(value)))]

@@ -18,7 +18,7 @@ from nemodeploy.models.specs import resolve_model
 from nemodeploy.plan import layout as layouts
 from nemodeploy.plan.calibration import calibration
 from nemodeploy.plan.estimate import Links, Workload, estimate
-from nemodeploy.plan.memory import (SSM_DTYPE_BYTES, Budget, budget, kv_heads_per_rank, layer_bytes,
+from nemodeploy.plan.memory import (SSM_DTYPE_BYTES, Budget, PrefixCaching, budget, kv_heads_per_rank, layer_bytes,
                                     mamba_groups_per_rank)
 from nemodeploy.plan.precision import DTYPE_BYTES, ComputePath, compute_path, kv_dtype
 from nemodeploy.plan.types import Alternative, Estimate, ModelSummary, Parallel, Plan, PrecisionPath, human_bytes
@@ -110,6 +110,19 @@ def _resolve(topology: Topology) -> tuple[str, str, NemotronHConfig]:
     return resolved.name, resolved.source, resolved.config
 
 
+def _prefix_caching(topology: Topology, config: NemotronHConfig) -> PrefixCaching:
+    """serving.prefix_caching as the engine runs it. The embedded engine: off unless asked, and then its
+    Mamba state checkpoints are counted here. vLLM: on by default except with MTP on a hybrid model (vllm
+    issue 39809: asked for anyway, the launch refuses it); it keeps cached Mamba states in its KV pool."""
+    serving = topology.serving
+    if topology.engine.kind == "embedded":
+        return PrefixCaching(bool(serving.prefix_caching), serving.mamba_checkpoint_interval,
+                             serving.mamba_checkpoints)
+    safe = not (serving.speculative_tokens and config.count("mamba"))
+    on = safe if serving.prefix_caching is None else serving.prefix_caching
+    return PrefixCaching(on, serving.mamba_checkpoint_interval, 0)
+
+
 def _ssm_dtype(config: NemotronHConfig, serving) -> str:
     """serving.mamba_ssm_cache_dtype, or the config's when `auto`."""
     dtype = config.mamba_ssm_cache_dtype if serving.mamba_ssm_cache_dtype == "auto" else serving.mamba_ssm_cache_dtype
@@ -136,21 +149,17 @@ def _fixed_sizes(topology: Topology) -> dict[str, int | None]:
 def _explain_no_layout(config: NemotronHConfig, fixed: dict[str, int | None], world: int, per_node: int,
                        engine: str) -> str:
     """The rule that rejects the user's sizes, or the general reason when none were fixed."""
-    embedded = engine == "embedded"
-    if embedded and (fixed.get("pp_size") or 1, fixed.get("dp_size") or 1) != (1, 1):
-        return ("the embedded engine runs one tensor / expert parallel group: pipeline and data parallel "
-                "need engine.kind: vllm")
-    tp = fixed.get("tp_size") or (world if embedded else 1)
+    tp = fixed.get("tp_size") or 1
     pp = fixed.get("pp_size") or 1
     dp = fixed.get("dp_size") or max(world // (tp * pp), 1)
     ep = fixed.get("ep_size") or 1
+    if engine == "embedded" and ep not in (1, tp):
+        return (f"the embedded engine's dp replicas are separate engines: ep_size must be 1 or tp_size ({tp}); "
+                "expert parallel across replicas needs engine.kind: vllm")
     try:
         partial = all(fixed.get(k) for k in ("tp_size", "pp_size", "dp_size"))
         layouts.check(config, layouts.Layout(tp, pp, dp, ep), world, per_node, partial=partial)
     except layouts.LayoutError as err:
-        if embedded and not fixed.get("tp_size"):
-            return (f"the embedded engine runs one tensor parallel group over all {world} devices: {err}; "
-                    "fix engine.parallel sizes (tp_size, pp_size: 1, dp_size: 1) to use fewer")
         return str(err)
     return f"no tp/pp/dp/ep combination with {fixed} uses the {world} GPUs"
 
@@ -204,6 +213,10 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         raise PlanInputError(field, _explain_no_layout(config, fixed, world, per_node, topology.engine.kind))
 
     lb = layer_bytes(config, topology.model.precision)
+    prefix = _prefix_caching(topology, config)
+    if serving.mamba_checkpoints is not None and topology.engine.kind == "vllm":
+        warnings.append("serving.mamba_checkpoints sizes the embedded engine's prefix cache; vLLM keeps its own "
+                        "(in the KV pool) and ignores it")
     evaluated = []
     for layout in found:
         stages = layouts.split_stages(config, layout.pp, with_mtp)
@@ -213,6 +226,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
             act_dtype=act_dtype, ssm_dtype=ssm_dtype, target_context=serving.max_context,
             target_concurrency=serving.concurrency,
             max_batched_tokens=serving.max_batched_tokens, spec_tokens=serving.speculative_tokens,
+            prefix=prefix,
         )
         link_warnings: list[str] = []
         speed = _estimate(config, layout, stages, lb, accel, path, topology, per_node, b, act_dtype, link_warnings)
@@ -224,6 +238,8 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
     total_usable = mem.usable * world
     fixed_parts = (f"{human_bytes(mem.weights)} of weights + {human_bytes(mem.activations)} of activations + "
                    f"{human_bytes(mem.cuda_graphs)} of CUDA graphs")
+    if mem.mamba_checkpoints:
+        fixed_parts += f" + {human_bytes(mem.mamba_checkpoints)} of Mamba prefix-cache checkpoints"
     if not best.serves:
         verdict = "infeasible"
         reason = (
@@ -243,7 +259,7 @@ def compile_plan(topology: Topology, *, with_alternatives: bool = True) -> Plan:
         verdict = "tight"
         reason = (
             f"{human_bytes(total_weight_bytes)} of {path.weights} weights on {world} x {accel.name}: {fixed_parts} "
-            f"leave {human_bytes(mem.usable - mem.weights - mem.activations - mem.cuda_graphs)} of "
+            f"leave {human_bytes(mem.usable - mem.weights - mem.activations - mem.cuda_graphs - mem.mamba_checkpoints)} of "
             f"{human_bytes(mem.usable)} per device for caches: "
             f"{cap.sequences_at_target_context} sequences of {serving.max_context:,} tokens (target {serving.concurrency}); "
             f"{serving.concurrency} sequences get {cap.context_at_target_concurrency:,} tokens each"

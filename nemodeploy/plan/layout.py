@@ -84,17 +84,17 @@ def candidates(config: NemotronHConfig, world: int, gpus_per_node: int, fixed: d
     """Every valid layout using all GPUs that `engine` can run, honouring the sizes the user fixed.
 
     vLLM runs any (tp, pp, dp) and ep = tp x dp (data-parallel attention with expert-parallel
-    MoE). The embedded engine runs one tensor / expert parallel group (pp = dp = 1, ep 1 or tp),
-    across nodes when it must.
+    MoE). The embedded engine runs any (tp, pp, dp) too, but its dp replicas are independent
+    engines: ep is 1 or tp, never across replicas.
     """
     embedded = engine == "embedded"
     out: list[Layout] = []
     sizes = (fixed.get("tp_size"), fixed.get("pp_size"), fixed.get("dp_size"))
     if all(sizes) and sizes[0] * sizes[1] * sizes[2] < world:
         tp, pp, dp = sizes
-        if embedded and (pp, dp) != (1, 1):
-            return []
         layout = Layout(tp, pp, dp, fixed.get("ep_size") or tp)
+        if embedded and layout.ep not in (1, tp):
+            return []
         try:
             check(config, layout, world, gpus_per_node, partial=True)
         except LayoutError:
@@ -104,14 +104,14 @@ def candidates(config: NemotronHConfig, world: int, gpus_per_node: int, fixed: d
     for tp in divisors:
         if fixed.get("tp_size") not in (None, tp):
             continue
-        # tp across nodes only where nodes hold a single GPU (DGX Spark), the user asked, or the engine must
-        if tp > gpus_per_node and gpus_per_node > 1 and fixed.get("tp_size") is None and not embedded:
+        # tp across nodes only where nodes hold a single GPU (DGX Spark) or the user asked
+        if tp > gpus_per_node and gpus_per_node > 1 and fixed.get("tp_size") is None:
             continue
         for pp in divisors:
             if (world // tp) % pp or fixed.get("pp_size") not in (None, pp):
                 continue
             dp = world // (tp * pp)
-            if fixed.get("dp_size") not in (None, dp) or (embedded and (pp, dp) != (1, 1)):
+            if fixed.get("dp_size") not in (None, dp):
                 continue
             ep_options = {1, tp} if embedded else {1, tp, tp * dp}
             if not config.n_routed_experts:

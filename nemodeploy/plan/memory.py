@@ -4,6 +4,9 @@ Weights are counted per layer kind from the model accounting and divided the
 way the layout shards them (see layout.py). What remains of the usable memory
 goes to the caches: every running sequence holds one Mamba state slot (fixed
 size, whatever its length) plus KV for each token on the attention layers.
+With the embedded engine's hybrid prefix caching, a fixed number of Mamba state
+checkpoints (one slot's bytes each, engine/block_manager.CheckpointPool) comes off
+the top before the caches are sized.
 """
 
 from __future__ import annotations
@@ -138,6 +141,21 @@ def activation_bytes(config: NemotronHConfig, stage: Stage, layout: Layout, toke
 
 
 @dataclass(frozen=True)
+class PrefixCaching:
+    """Prefix caching as the engine will run it. `checkpoints`: Mamba state checkpoints each rank
+    holds besides its slots (None: 2 per sequence of the replica's target concurrency; 0: none)."""
+
+    on: bool = False
+    interval: int = 256
+    checkpoints: int | None = 0
+
+    def checkpoints_for(self, per_replica_seqs: int) -> int:
+        if not self.on:
+            return 0
+        return 2 * per_replica_seqs if self.checkpoints is None else self.checkpoints
+
+
+@dataclass(frozen=True)
 class Budget:
     memory: Memory
     capacity: Capacity
@@ -146,29 +164,31 @@ class Budget:
 
 def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: LayerBytes, capacity_bytes: int,
            utilization: float, on_gpu: bool, kv_dtype: str, act_dtype: str, ssm_dtype: str, target_context: int,
-           target_concurrency: int, max_batched_tokens: int, spec_tokens: int) -> Budget:
+           target_concurrency: int, max_batched_tokens: int, spec_tokens: int,
+           prefix: PrefixCaching = PrefixCaching()) -> Budget:
     """Size the caches of the heaviest stage; every stage gets the same counts so the pipeline stays in step."""
     usable = int(capacity_bytes * utilization)
     per_replica_seqs = math.ceil(target_concurrency / layout.dp)
     tokens = min(max_batched_tokens, max(target_context, 1))
+    num_checkpoints = prefix.checkpoints_for(per_replica_seqs)
 
-    def stage_cost(stage: Stage) -> tuple[int, int, int, int]:
+    def stage_cost(stage: Stage) -> tuple[int, int, int, int, int]:
         weights = int(stage_weight_bytes(lb, stage, config, layout))
         acts = activation_bytes(config, stage, layout, tokens, per_replica_seqs, spec_tokens, act_dtype)
         kv_tok = kv_bytes_per_token_per_rank(config, stage, layout.tp, kv_dtype)
         mamba_seq = mamba_bytes_per_sequence_per_rank(config, stage, layout.tp, act_dtype, ssm_dtype)
-        return weights, acts, kv_tok, mamba_seq
+        return weights, acts, num_checkpoints * mamba_seq, kv_tok, mamba_seq
 
     graphs = CUDA_GRAPH_BYTES if on_gpu else 0
     costs = [stage_cost(s) for s in stages]
     # the binding stage is the one with least room per sequence at the target context
-    def room(cost: tuple[int, int, int, int]) -> float:
-        weights, acts, kv_tok, mamba_seq = cost
+    def room(cost: tuple[int, int, int, int, int]) -> float:
+        weights, acts, checkpoints, kv_tok, mamba_seq = cost
         per_seq = mamba_seq + kv_tok * target_context
-        return (usable - weights - acts - graphs) / per_seq if per_seq else math.inf
+        return (usable - weights - acts - graphs - checkpoints) / per_seq if per_seq else math.inf
 
-    weights, acts, kv_tok, mamba_seq = min(costs, key=room)
-    cache_room = usable - weights - acts - graphs
+    weights, acts, checkpoints, kv_tok, mamba_seq = min(costs, key=room)
+    cache_room = usable - weights - acts - graphs - checkpoints
     per_seq = mamba_seq + kv_tok * target_context
     seqs_fit = max(int(cache_room // per_seq), 0) if per_seq else per_replica_seqs * 64
     if cache_room <= 0:
@@ -200,7 +220,8 @@ def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: 
         cuda_graphs=graphs,
         kv_cache=kv_cache,
         mamba_state=mamba_state,
-        free=usable - weights - acts - graphs - kv_cache - mamba_state,
+        mamba_checkpoints=checkpoints,
+        free=usable - weights - acts - graphs - checkpoints - kv_cache - mamba_state,
         runtime_reserve=capacity_bytes - usable,
     )
     capacity = Capacity(
@@ -220,5 +241,8 @@ def budget(*, config: NemotronHConfig, layout: Layout, stages: list[Stage], lb: 
         max_num_batched_tokens=max_batched_tokens,
         speculative_tokens=spec_tokens,
         long_context=max_model_len > config.max_position_embeddings,
+        prefix_caching=prefix.on,
+        mamba_checkpoint_interval=prefix.interval,
+        num_mamba_checkpoints=num_checkpoints,
     )
     return Budget(memory, capacity, cache)

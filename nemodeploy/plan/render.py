@@ -28,6 +28,7 @@ def memory_bar(mem: Memory) -> Group:
         ("cuda graphs", mem.cuda_graphs, "cyan"),
         ("KV cache", mem.kv_cache, "green"),
         ("Mamba state", mem.mamba_state, "yellow"),
+        ("Mamba checkpoints", mem.mamba_checkpoints, "bright_yellow"),
         ("free", max(mem.free, 0), "grey50"),
         ("reserve", mem.runtime_reserve, "grey23"),
     ]
@@ -100,6 +101,10 @@ def render(plan: Plan, console: Console) -> None:
         cap.add_row("at the target concurrency", f"{c.context_at_target_concurrency:,} tokens for each of {c.target_concurrency}")
         cap.add_row("engine cache", f"{k.num_kv_blocks:,} KV blocks of {k.block_size}, {k.num_mamba_slots} Mamba slots, "
                     f"max {k.max_num_seqs} sequences of {k.max_model_len:,} tokens per replica")
+        if k.prefix_caching:
+            checkpoints = (f": {k.num_mamba_checkpoints} Mamba checkpoints, one every {k.mamba_checkpoint_interval} "
+                           "tokens" if k.num_mamba_checkpoints else "")
+            cap.add_row("prefix caching", "on" + checkpoints)
         body += [Text("\ncapacity", style="bold"), cap]
     if plan.estimate:
         e = plan.estimate

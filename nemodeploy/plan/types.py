@@ -99,6 +99,7 @@ class Memory(Frozen):
     cuda_graphs: int
     kv_cache: int
     mamba_state: int
+    mamba_checkpoints: int = 0  # prefix caching's Mamba state checkpoints (embedded engine; 0 when off)
     free: int  # usable minus everything above (>= 0 when the plan fits)
     runtime_reserve: int  # capacity - usable: CUDA context, NCCL buffers, allocator slack
 
@@ -123,6 +124,9 @@ class CacheConfig(Frozen):
     max_num_batched_tokens: int
     speculative_tokens: int
     long_context: bool  # max_model_len above the model's native context (serving.allow_long_context)
+    prefix_caching: bool = False  # serving.prefix_caching as the engine runs it (vllm: on by default where safe)
+    mamba_checkpoint_interval: int = 256  # tokens between Mamba checkpoints of a cached prefix
+    num_mamba_checkpoints: int = 0  # per rank; the embedded engine's, 0 when prefix caching is off or engine vllm
 
 
 class Estimate(Frozen):

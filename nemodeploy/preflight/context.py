@@ -38,6 +38,7 @@ class Context:
     thresholds: Thresholds = field(default_factory=Thresholds)
     facts: dict[str, dict] = field(default_factory=dict)  # node name -> the probe's `facts`
     net: dict[str, dict] = field(default_factory=dict)  # node name -> the probe's `net`
+    network_only: bool = False  # `up`'s check: a busy port may be its own running cluster's (its Ray check names holders)
 
     @property
     def nodes(self) -> list[Node]:
@@ -66,6 +67,11 @@ class Context:
         if len(self.topology.nodes) > 1:
             out += [PortSpec("ray-gcs", RAY_GCS_PORT, head_only=True), PortSpec("ray-worker", RAY_MIN_WORKER_PORT, head_only=False)]
         return out
+
+    def address(self, node: Node) -> str:
+        """The address the node really uses towards the head (its route's source); the topology's until measured."""
+        route = (self.facts.get(node.name) or {}).get("route") or {}
+        return route.get("src") or node.address
 
     def socket_nic(self, node: Node) -> NIC | None:
         """The topology's NIC for the interface the node really routes to the head on, else its first."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from nemodeploy.preflight import hardware
 from nemodeploy.preflight.context import Context
 from nemodeploy.topology import netenv
-from nemodeploy.topology.schema import NIC, Node
+from nemodeploy.topology.schema import NIC, Node, Topology
 
 
 def measured_node(ctx: Context, node: Node) -> Node:
@@ -30,6 +30,12 @@ def measured_node(ctx: Context, node: Node) -> Node:
     )
     rails = [nic for nic in node.nics if nic.name != route["dev"]]
     return node.model_copy(update={"address": route["src"], "nics": [socket, *rails]})
+
+
+def measured_topology(ctx: Context) -> Topology:
+    """The topology with every node as measured: what `up` starts Ray and the engine from (SSH still uses the
+    topology's addresses)."""
+    return ctx.topology.model_copy(update={"nodes": [measured_node(ctx, node) for node in ctx.nodes]})
 
 
 def emitted_env(ctx: Context) -> dict[str, dict[str, str]]:

@@ -1,17 +1,24 @@
 """What preflight runs ON a node: measures, never judges. Standard library only.
 
-This file is shipped to each node as source text (`python3 -c <this file> <mode> <json>`), so a node
-needs nothing but a Python 3 to be measured: not nemodeploy, not torch, not ray. The controller
-judges what comes back (`nemodeploy.preflight.checks`). Two modes, one JSON object out each:
+This file is shipped to each node as source text (`python3 -c <this file> <ttl>`), so a
+node needs nothing but a Python 3 to be measured: not nemodeploy, not torch, not ray. The
+controller judges what comes back (`nemodeploy.preflight.checks`).
+
+ONE process per node, over ONE SSH command, answers the controller's requests: a JSON line in
+(`{"mode": ..., "args": ...}`), a JSON line out. SSH sessions and interpreter start-ups are what
+a node's measurement costs most (a login shell's rc files run on every SSH command), so a node
+gets exactly one of each. Two modes:
 
 - `facts`: the node's own facts (versions, limits, memory, disk, accelerator tools' raw output,
-  routes and links), and it starts a short-lived *responder* (a forked child that exits after
-  `ttl` seconds) listening on the ports the deployment will use, so peers can test them;
-- `net`: from this node to every peer: TCP connects to each port (latency, reachability), a
-  do-not-fragment UDP echo at the MTU both ends should carry, the clock offset to the head, a bounded TCP
-  bandwidth sample to one peer.
+  routes and links; the slow ones at once), and a *responder* in this process listening on the
+  ports the deployment will use, so peers can test them; `network_only` measures only what
+  `up` needs (route, links, RDMA, responder);
+- `net`: from this node to the peers the controller chose: TCP connects to each port (latency,
+  reachability), a do-not-fragment UDP echo at the MTU both ends should carry, the clock offset
+  to the head, a bounded TCP bandwidth sample to one peer.
 
-The controller ends each responder with `kill <pid>` once every node has probed it.
+The process, and with it the responder, ends when its stdin closes (the controller is done, or
+its SSH connection is gone), and after `ttl` seconds whatever happens.
 """
 
 import hashlib
@@ -25,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; the socket module lacks them on some builds
 UDP_IP_HEADERS = 28  # IPv4 20 + UDP 8: a datagram of MTU - 28 bytes fills one MTU-sized packet
@@ -180,40 +188,60 @@ def _rdma_sysfs(root="/sys/class/infiniband"):
     return devices
 
 
-def facts(args):
-    head = args["head"]
-    checkpoint = args["checkpoint_dir"]
-    disk_path = _existing_parent(checkpoint)
-    disk = shutil.disk_usage(disk_path)
+def _hostname():
     hostname = socket.gethostname()
     try:
         addresses = sorted({ai[4][0] for ai in socket.getaddrinfo(hostname, None, socket.AF_INET)})
     except OSError:
         addresses = []
+    return hostname, addresses
+
+
+def _network_facts(args):
+    return {
+        "route": _route(args["head"]),
+        "links": _links(),
+        "rdma": _rdma_sysfs(),
+        "missing_commands": [c for c in args.get("commands", []) if shutil.which(c) is None],
+    }
+
+
+def _node_facts(args, pool):
+    """Everything but the network; the slow parts (vendor tools, the read sample, NCCL hashes) run at once."""
+    checkpoint = args["checkpoint_dir"]
+    slow = {
+        "nccl": pool.submit(_nccl_libraries),
+        "read_sample": pool.submit(_read_sample, checkpoint, args.get("read_bytes", 256 << 20), args.get("read_seconds", 2.0)),
+        "nvidia_smi": pool.submit(_run, ["nvidia-smi", "-q", "-x"], 30),
+        "nvidia_topo": pool.submit(_run, ["nvidia-smi", "topo", "-m"], 30),
+        "rocm_smi": pool.submit(_run, ["rocm-smi", "--showallinfo", "--json"], 30),
+    }
+    disk_path = _existing_parent(checkpoint)
+    disk = shutil.disk_usage(disk_path)
+    hostname, addresses = _hostname()
     shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
-    out = {
+    return {
         "hostname": hostname,
         "hostname_addresses": addresses,
         "python": "%d.%d.%d" % sys.version_info[:3],
         "packages": _versions(args.get("packages", [])),
-        "nccl": _nccl_libraries(),
         "shm_bytes": shm.f_frsize * shm.f_blocks if shm else None,
         "ulimits": {"memlock": _limit(resource.RLIMIT_MEMLOCK), "nofile": _limit(resource.RLIMIT_NOFILE),
                     "stack": _limit(resource.RLIMIT_STACK)},
         "memory": _meminfo(),
         "disk": {"path": disk_path, "free": disk.free, "total": disk.total},
-        "read_sample": _read_sample(checkpoint, args.get("read_bytes", 256 << 20), args.get("read_seconds", 2.0)),
-        "route": _route(head),
-        "links": _links(),
-        "tools": {
-            "nvidia_smi": _run(["nvidia-smi", "-q", "-x"], timeout=30),
-            "nvidia_topo": _run(["nvidia-smi", "topo", "-m"], timeout=30),
-            "rocm_smi": _run(["rocm-smi", "--showallinfo", "--json"], timeout=30),
-        },
-        "rdma": _rdma_sysfs(),
-        "missing_commands": [c for c in args.get("commands", []) if shutil.which(c) is None],
+        "nccl": slow["nccl"].result(),
+        "read_sample": slow["read_sample"].result(),
+        "tools": {name: slow[name].result() for name in ("nvidia_smi", "nvidia_topo", "rocm_smi")},
     }
-    out["responder"] = _start_responder(args.get("ports", {}), args.get("ttl", 60.0))
+
+
+def facts(args):
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        network = pool.submit(_network_facts, args)
+        out = {} if args.get("network_only") else _node_facts(args, pool)
+        out.update(network.result())
+    out["responder"] = _start_responder(args.get("ports", {}))
     return out
 
 
@@ -257,8 +285,8 @@ def _serve_udp(sock):
             continue
 
 
-def _start_responder(ports, ttl):
-    """Bind every port now (so busy ones are reported), then fork a child that serves them for `ttl` s."""
+def _start_responder(ports):
+    """Bind every port now (so busy ones are reported) and serve them from threads of this process."""
     bound, busy, sockets = {}, {}, []
     for name, port in sorted(ports.items()):
         sock = socket.socket()
@@ -278,29 +306,18 @@ def _start_responder(ports, ttl):
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("0.0.0.0", 0))
     sockets.append((sink, True))
-    answer = {"ports": bound, "busy": busy, "sink": sink.getsockname()[1], "udp": udp.getsockname()[1]}
-    pid = os.fork()
-    if pid == 0:  # the responder: detached, silent, gone after ttl
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        for sock, is_sink in sockets:
-            threading.Thread(target=_serve_tcp, args=(sock, is_sink), daemon=True).start()
-        threading.Thread(target=_serve_udp, args=(udp,), daemon=True).start()
-        time.sleep(ttl)
-        os._exit(0)
-    for sock, _ in sockets:
-        sock.close()
-    udp.close()
-    return {"pid": pid, **answer}
+    for sock, is_sink in sockets:
+        threading.Thread(target=_serve_tcp, args=(sock, is_sink), daemon=True).start()
+    threading.Thread(target=_serve_udp, args=(udp,), daemon=True).start()
+    return {"ports": bound, "busy": busy, "sink": sink.getsockname()[1], "udp": udp.getsockname()[1]}
 
 
 # ------------------------------------------------------------------------------------------ net
 
 
-def _connect_ms(address, port, timeout):
-    """(connect time in ms, the peer's clock offset in s) or (None, error)."""
+def _connect_ms(address, port, timeout, clock=True):
+    """(connect time in ms, the peer's clock offset in s) or (None, error). Without `clock` (a port that
+    another program serves, not the responder) only the connect is timed."""
     t0 = time.time()
     start = time.perf_counter()
     try:
@@ -308,7 +325,7 @@ def _connect_ms(address, port, timeout):
             elapsed = time.perf_counter() - start
             conn.settimeout(timeout)
             data = b""
-            while len(data) < 8:
+            while clock and len(data) < 8:
                 chunk = conn.recv(8 - len(data))
                 if not chunk:
                     break
@@ -325,7 +342,7 @@ def _ports_of(peer, timeout, samples):
     for name, port in sorted(peer["ports"].items()):
         best, offset, error = None, None, None
         for _ in range(samples):
-            ms, extra = _connect_ms(peer["address"], port, timeout)
+            ms, extra = _connect_ms(peer["address"], port, timeout, name not in peer.get("foreign", ()))
             if ms is None:
                 error = extra
                 break
@@ -393,8 +410,18 @@ def net(args):
     return out
 
 
+def session(ttl):
+    """Answer requests from stdin until it closes; an error is one line back, never a traceback."""
+    threading.Thread(target=lambda: (time.sleep(ttl), os._exit(0)), daemon=True).start()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = {"mode": request["mode"], "result": {"facts": facts, "net": net}[request["mode"]](request["args"])}
+        except Exception as err:  # reported to the controller as the node's failure
+            answer = {"mode": request.get("mode"), "error": "%s: %s" % (type(err).__name__, err)}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    mode, payload = sys.argv[1], json.loads(sys.argv[2])
-    result = {"facts": facts, "net": net}[mode](payload)
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    session(float(sys.argv[1]))

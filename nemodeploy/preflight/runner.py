@@ -1,15 +1,17 @@
-"""Run preflight: the probe on every node at once, in three rounds, then judge on this machine.
+"""Run preflight: ONE probe process per node (over one SSH command), all nodes at once, then judge here.
 
-1. `facts` on every node (each also starts its short-lived port responder);
-2. `net` on every node, with the list of peers and their responders' ports;
-3. `kill` the responders. Nothing is left running: a responder that is not killed exits by itself.
+1. every node opens its probe session and reports its `facts` (each also starts its port responder);
+2. every node measures the network (`net`) to the peers chosen for it, while all responders listen;
+3. the sessions close: each probe, and the responder in it, exits. Nothing is left running.
 
-Every round runs on all nodes in parallel, so a run over 16 nodes takes about as long as over one.
+The pairwise part is bounded: each node probes the head and the PEER_SAMPLE nodes after it in
+topology order (a ring), so every node is probed by as many peers as it probes, and a node's
+links can be told from its peers' (checks.network.blamed) without n^2 probes. Up to
+PEER_SAMPLE + 1 nodes every pair is probed.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,16 +20,17 @@ from pathlib import Path
 
 from nemodeploy.preflight.checks import run_checks
 from nemodeploy.preflight.context import Context, Thresholds
-from nemodeploy.preflight.env import emitted_env
+from nemodeploy.preflight.env import emitted_env, measured_topology
 from nemodeploy.preflight.result import CheckResult, judge
-from nemodeploy.preflight.transport import Local, Remote, Transport, TransportError
+from nemodeploy.preflight.transport import Local, Remote, Session, Transport, TransportError
 from nemodeploy.topology.schema import Node, Topology
 
 PROBE_SOURCE = (Path(__file__).parent / "probe.py").read_text()
-RESPONDER_TTL_S = 120.0
+PROBE_TTL_S = 180.0  # a probe outlives its controller by at most this much (it exits when its session closes)
 FACTS_TIMEOUT_S = 90.0
 NET_TIMEOUT_S = 60.0
 MAX_PARALLEL = 64
+PEER_SAMPLE = 4
 
 Progress = Callable[[str, str], None]  # (node, what it is doing now)
 
@@ -38,6 +41,7 @@ class Report:
     env: dict[str, dict[str, str]]
     seconds: float
     nodes: list[str] = field(default_factory=list)
+    measured: Topology | None = None  # the topology as measured (env.measured_topology); None when no node answered
 
     def to_dict(self) -> dict:
         return {"checks": [r.to_dict() for r in self.results], "env": self.env, "seconds": round(self.seconds, 2)}
@@ -48,19 +52,10 @@ class Options:
     python: str = "auto"  # the interpreter on remote nodes (see transport.AUTO_PYTHON)
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
-    bandwidth_seconds: float = 0.5
+    bandwidth_seconds: float = 0.5  # 0: no bandwidth sample
     thresholds: Thresholds = field(default_factory=Thresholds)
-
-
-def _probe(transport: Transport, mode: str, args: dict, timeout: float) -> dict:
-    rc, out, err = transport.run([transport.python, "-c", PROBE_SOURCE, mode, json.dumps(args)], timeout)
-    if rc != 0:
-        tail = (err.strip() or out.strip()).splitlines()[-1:] or [f"exit {rc}"]
-        raise TransportError(f"the preflight probe failed ({mode}): {tail[0]}")
-    try:
-        return json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise TransportError(f"the preflight probe ({mode}) printed no result: {out.strip()[-200:]!r}") from None
+    network_only: bool = False  # only what `up` needs: route, MTU, RDMA, ports, latency (checks.network.FOR_UP)
+    peer_sample: int = PEER_SAMPLE
 
 
 def _parallel(items: list, work: Callable) -> list:
@@ -68,6 +63,13 @@ def _parallel(items: list, work: Callable) -> list:
         return []
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
         return list(pool.map(work, items))
+
+
+def probe_peers(nodes: list[Node], node: Node, sample: int) -> list[Node]:
+    """Whom `node` probes: the head, and the `sample` nodes after it in the ring of the others."""
+    head, others = nodes[0], nodes[1:]
+    ring = others[others.index(node) + 1:] + others[:others.index(node)] if node is not head else others
+    return ([head] if node is not head else []) + ring[:sample]
 
 
 def _connect(node: Node, index: int, options: Options, local: bool) -> Transport:
@@ -83,12 +85,13 @@ def run_preflight(
 ) -> Report:
     """Measure every node of the topology and judge it; unreachable nodes become a failed `reach` check."""
     start = time.monotonic()
-    ctx = Context(topology, plan, options.thresholds)
+    ctx = Context(topology, plan, options.thresholds, network_only=options.network_only)
     nodes = list(topology.nodes)
     head = nodes[0]
     port_specs = ctx.ports()
     failures: dict[str, str] = {}
     transports: dict[str, Transport] = {}
+    sessions: dict[str, Session] = {}
 
     def gather(item: tuple[int, Node]) -> None:
         index, node = item
@@ -96,58 +99,67 @@ def run_preflight(
             progress(node.name, "connecting")
             transport = transports[node.name] = _connect(node, index, options, local)
             progress(node.name, "measuring the node")
+            session = sessions[node.name] = transport.open(
+                [transport.python, "-c", PROBE_SOURCE, str(PROBE_TTL_S)], "the preflight probe")
             ports = {p.name: p.port for p in port_specs if node.name == head.name or not p.head_only}
-            ctx.facts[node.name] = _probe(transport, "facts", {
-                "head": head.address, "packages": ctx.packages(), "commands": ["ip"], "ports": ports, "ttl": RESPONDER_TTL_S,
-                "checkpoint_dir": ctx.checkpoint_dir(),
-            }, FACTS_TIMEOUT_S)
+            ctx.facts[node.name] = _answer(session.request({"mode": "facts", "args": {
+                "head": head.address, "packages": ctx.packages(), "commands": ["ip"], "ports": ports,
+                "checkpoint_dir": ctx.checkpoint_dir(), "network_only": options.network_only,
+            }}, FACTS_TIMEOUT_S))
         except TransportError as err:
             failures[node.name] = str(err)
             progress(node.name, "unreachable")
 
     def measure_net(node: Node) -> None:
         progress(node.name, "measuring the network")
-        peers = [_peer(ctx, peer, node) for peer in reached if peer.name != node.name]
+        peers = [_peer(ctx, peer, node) for peer in probe_peers(reached, node, options.peer_sample)]
         following = reached[(reached.index(node) + 1) % len(reached)]
+        sample = options.bandwidth_seconds > 0 and following is not node
         try:
-            ctx.net[node.name] = _probe(transports[node.name], "net", {
-                "peers": peers, "bandwidth_to": _peer(ctx, following, node) if following != node else None,
+            ctx.net[node.name] = _answer(sessions[node.name].request({"mode": "net", "args": {
+                "peers": peers, "bandwidth_to": _peer(ctx, following, node) if sample else None,
                 "bandwidth_seconds": options.bandwidth_seconds,
-            }, NET_TIMEOUT_S)
+            }}, NET_TIMEOUT_S))
         except TransportError as err:
             failures[node.name] = str(err)
         progress(node.name, "done")
 
-    def stop(node: Node) -> None:
-        try:
-            transports[node.name].run(["kill", str(ctx.facts[node.name]["responder"]["pid"])], 30)
-        except TransportError:
-            pass  # the responder exits by itself after its TTL
-        finally:
-            transports[node.name].close()
+    def close(name: str) -> None:
+        if name in sessions:
+            sessions[name].close()
+        transports[name].close()
 
     try:
         _parallel(list(enumerate(nodes)), gather)
         reached = [n for n in nodes if n.name in ctx.facts]
         _parallel(reached, measure_net)
     finally:
-        _parallel([n for n in nodes if n.name in ctx.facts], stop)
-        for name, transport in transports.items():
-            if name not in ctx.facts:
-                transport.close()
+        _parallel(list(transports), close)
     reached = [n for n in nodes if n.name in ctx.facts and n.name in ctx.net]
     ctx.topology = topology.model_copy(update={"nodes": reached}) if reached else topology
-    results = run_checks(ctx) if reached else []
+    results = run_checks(ctx, options.network_only) if reached else []
     results += [judge(name, "reach", False, why, "the probe runs on the node", "error",
                       "fix what the message says, then run preflight again") for name, why in failures.items()]
     order = {n.name: i for i, n in enumerate(nodes)}
     results.sort(key=lambda r: order[r.node])  # stable: per node, in check order
-    return Report(results, emitted_env(ctx) if reached else {}, time.monotonic() - start, [n.name for n in nodes])
+    env = emitted_env(ctx) if reached else {}
+    return Report(results, env, time.monotonic() - start, [n.name for n in nodes], measured_topology(ctx) if reached else None)
+
+
+def _answer(reply: dict) -> dict:
+    if "error" in reply:
+        raise TransportError(f"the preflight probe failed ({reply.get('mode')}): {reply['error']}")
+    return reply["result"]
 
 
 def _peer(ctx: Context, peer: Node, me: Node) -> dict:
-    """What `me` needs to probe `peer`: its address, its responder's ports, the MTU both ends should carry."""
+    """What `me` needs to probe `peer`: the address it will really use, its ports, the MTU both ends should carry.
+
+    A port the responder could not bind (busy: on a running cluster, Ray's own) is probed all the
+    same: whatever listens there answers the connect, and reachability is what is measured.
+    """
     responder = ctx.facts[peer.name]["responder"]
+    busy = {p.name: p.port for p in ctx.ports() if p.name in responder["busy"]}
     mtus = [nic.mtu for nic in (ctx.socket_nic(peer), ctx.socket_nic(me)) if nic is not None]
-    return {"name": peer.name, "address": peer.address, "ports": responder["ports"], "sink": responder["sink"],
-            "udp": responder["udp"], "mtu": min(mtus) if mtus else 1500}
+    return {"name": peer.name, "address": ctx.address(peer), "ports": {**busy, **responder["ports"]}, "foreign": list(busy),
+            "sink": responder["sink"], "udp": responder["udp"], "mtu": min(mtus) if mtus else 1500}

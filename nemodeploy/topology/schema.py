@@ -128,6 +128,18 @@ class Serving(Strict):
         "auto", description="Mamba SSM state dtype (vLLM --mamba-ssm-cache-dtype); auto: the model config's")
     allow_long_context: bool = Field(
         False, description="Serve a max_context above the model's native one (vLLM: VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
+    prefix_caching: bool | None = Field(
+        None, description="Reuse the cache of shared prompt prefixes. embedded: off unless true (KV pages plus Mamba "
+                          "state checkpoints, counted in the plan); vllm: --enable-prefix-caching, by default on "
+                          "except with MTP on a hybrid model (vllm issue 39809)")
+    mamba_checkpoint_interval: int = Field(
+        256, ge=16, le=1_048_576, multiple_of=16,
+        description="Tokens between Mamba state checkpoints of a cached prefix (embedded engine; a multiple of the "
+                    "16-token KV block)")
+    mamba_checkpoints: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Mamba state checkpoints each engine replica keeps for cached prefixes (embedded engine); "
+                    "default: 2 per sequence of serving.concurrency the replica serves")
 
 
 class Topology(Strict):

@@ -146,3 +146,64 @@ def test_another_quantization_method_is_refused_with_the_file_named(modelopt_che
     _edit_json(gptq / "config.json", lambda c: c.update(quantization_config={"quant_method": "gptq", "bits": 4}))
     with pytest.raises(QuantizationError, match=r"config\.json: quantization method 'gptq' is not supported"):
         load_model(gptq, torch.float32)
+
+
+def _topology(tmp_path, checkpoint, precision: str):
+    from nemodeploy.topology.loader import load
+
+    data = load("local").model_dump(mode="json")
+    data.update(name=f"modelopt-{precision}", model={"path": str(checkpoint), "precision": precision})
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_plan_of_quantized_weights_launches_only_on_a_checkpoint_that_stores_them(modelopt_checkpoint, tmp_path):
+    from nemodeploy.backends.engine_config import LaunchError, engine_config
+    from nemodeploy.engine.tiny import tiny_model_dir
+    from nemodeploy.plan.compiler import compile_plan
+    from nemodeploy.topology.loader import load
+
+    quantized, _ = modelopt_checkpoint("MIXED_PRECISION")  # NVFP4 routed experts, FP8 shared experts
+    for precision in ("nvfp4", "fp8"):
+        topology = load(str(_topology(tmp_path, quantized, precision)))
+        config = engine_config(topology, compile_plan(topology))
+        assert config.dtype == "float32" and config.kv_cache_dtype == "auto"  # the CPU plan's fp32 activations / KV
+    topology = load(str(_topology(tmp_path, tiny_model_dir(), "nvfp4")))
+    with pytest.raises(LaunchError) as err:
+        engine_config(topology, compile_plan(topology))
+    assert "\n" not in str(err.value) and "unquantized weights" in str(err.value) and "model.precision" in str(err.value)
+    fp8_only, _ = modelopt_checkpoint("FP8")
+    topology = load(str(_topology(tmp_path, fp8_only, "nvfp4")))
+    with pytest.raises(LaunchError) as err:
+        engine_config(topology, compile_plan(topology))
+    assert "holds FP8 (ModelOpt)" in str(err.value)
+
+
+def test_up_of_an_nvfp4_topology_serves_the_modelopt_checkpoint(modelopt_checkpoint, tmp_path, monkeypatch):
+    """`up` of the local profile with model.precision nvfp4 on a ModelOpt MIXED_PRECISION checkpoint:
+    greedy text over HTTP equals transformers on ModelOpt's dequantized copy."""
+    from transformers import NemotronHForCausalLM
+
+    from nemodeploy.engine.tokenizer import Tokenizer
+
+    quantized, dequantized = modelopt_checkpoint("MIXED_PRECISION")
+    hf = NemotronHForCausalLM.from_pretrained(dequantized, dtype=torch.float32).eval()
+    prompt_ids, n = [11 + i for i in range(12)], 16
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    expected = Tokenizer(quantized).decode(out[0, len(prompt_ids):].tolist())
+
+    monkeypatch.setenv("NEMODEPLOY_CACHE", str(tmp_path / "cache"))
+    port, cli = free_port(), [sys.executable, "-m", "nemodeploy.cli"]
+    up = subprocess.run([*cli, "up", str(_topology(tmp_path, quantized, "nvfp4")), "--detach", "--port", str(port)],
+                        capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr
+        body = {"model": quantized.name, "prompt": prompt_ids, "max_tokens": n, "temperature": 0, "ignore_eos": True}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == expected
+    finally:
+        down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr

@@ -1,14 +1,16 @@
 """RayExecutor on a local Ray: tp=2 / ep=2 ranks as Ray actors (gloo) give the single-process engine's
-greedy tokens, with and without speculative decoding; a dead rank is named; nothing is left behind."""
+greedy tokens, with and without speculative decoding; a dead rank is named; nothing is left behind.
+Pipeline stages: test_pp_executor.py."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e .[cluster])")
+
+from ray_harness import idle_cpus, local_ray as local_ray_cluster  # noqa: E402
 
 from nemodeploy.engine.config import EngineConfig  # noqa: E402
 from nemodeploy.engine.core import LLMEngine  # noqa: E402
@@ -22,15 +24,8 @@ N = 12
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # unset, a new local cluster turns on token auth and writes ~/.ray/auth_token, which later
-    # `ray start --head` runs pick up (and their workers do not)
-    ours = "RAY_AUTH_MODE" not in os.environ
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    if ours:
-        os.environ.pop("RAY_AUTH_MODE")
+    with local_ray_cluster(2):
+        yield
 
 
 def _config(speculative_tokens: int = 0) -> EngineConfig:
@@ -50,14 +45,6 @@ def _greedy(engine: LLMEngine) -> dict[str, list[int]]:
     return tokens
 
 
-def _idle_cpus() -> float:
-    """CPUs free again once every rank's bundle is released (polls: release is asynchronous)."""
-    deadline = time.monotonic() + 10
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return ray.available_resources().get("CPU", 0)
-
-
 @pytest.mark.parametrize("tp_size, ep_size, speculative_tokens", [(2, 1, 0), (2, 2, 0), (2, 2, 2)])
 def test_ranks_give_the_single_process_greedy_tokens(local_ray, tp_size, ep_size, speculative_tokens):
     config = _config(speculative_tokens)
@@ -73,7 +60,7 @@ def test_ranks_give_the_single_process_greedy_tokens(local_ray, tp_size, ep_size
     for worker in workers:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(worker.node_ip.remote(), timeout=30)
-    assert _idle_cpus() == 2
+    assert idle_cpus(2) == 2
 
 
 def test_a_dead_rank_is_named(local_ray):
@@ -87,16 +74,10 @@ def test_a_dead_rank_is_named(local_ray):
         deadline = time.monotonic() + 30
         with pytest.raises(EngineWorkerError, match=rf"engine rank 1 on node {executor.nodes[1]} failed"):
             while time.monotonic() < deadline:  # ray.kill returns before the rank is gone
-                executor.check_ranks()
+                executor.check()
                 time.sleep(0.1)
         with pytest.raises(EngineWorkerError, match=rf"engine rank 1 on node {executor.nodes[1]} failed: its worker process died"):
             engine.step()
     finally:
         executor.shutdown()
-    assert _idle_cpus() == 2
-
-
-def test_pipeline_parallel_is_refused_not_faked(local_ray):
-    with pytest.raises(ValueError, match="pipeline parallel is not implemented in the embedded engine"):
-        RayExecutor(_config(), tp_size=2, pp_size=2)
-    assert ray.available_resources().get("CPU", 0) == 2
+    assert idle_cpus(2) == 2

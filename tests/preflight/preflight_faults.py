@@ -1,7 +1,8 @@
 """Faults injected into ONE test host, each real and undone when its `with` block ends.
 
-An interface MTU, an nftables rule, a remount of /dev/shm, a netem qdisc, and a package's metadata
-changed or hidden inside that host's mount namespace (the hosts share this machine's Python
+An interface MTU, an nftables rule, a remount of /dev/shm, a netem qdisc (or, where the kernel has no
+netem, its stand-in: a userspace delay forwarder), and a package's metadata changed or hidden inside
+that host's mount namespace (the hosts share this machine's Python
 environment, so a bind mount is how one host gets a different version or loses a package).
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import re
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -79,6 +81,36 @@ def netem_delay(h, ms: int):
         yield
     finally:
         sh(h, "tc", "qdisc", "del", "dev", "eth0", "root")
+
+
+FORWARDER = Path(__file__).with_name("delay_forwarder.py")
+
+
+@contextlib.contextmanager
+def userspace_delay(bed, h, ms: int):
+    """STAND-IN for `netem delay` where the kernel has none: every packet the host sends to its peers goes
+    through a TUN device and delay_forwarder.py, which holds it `ms` before sending it on out of eth0.
+    Traffic to this machine (the bridge: SSH) is left alone, and so is the route `ip route get` reports."""
+    tun, mark, table = "nddelay0", "2", "100"
+    forwarder = subprocess.Popen(["nsenter", f"--net=/run/netns/{h.netns}", "--", sys.executable, str(FORWARDER), tun, str(ms)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steer = (f"add table ip nddelay\nadd chain ip nddelay out {{ type route hook output priority mangle ; }}\n"
+             f"add rule ip nddelay out meta mark != 1 ip daddr {bed.subnet} ip daddr != {bed.bridge_ip} meta mark set {mark}\n")
+    try:
+        assert forwarder.stdout.readline().strip() == "ready", forwarder.stderr.read()
+        sh(h, "ip", "link", "set", tun, "mtu", str(h.mtu), "up")
+        sh(h, "ip", "route", "add", bed.subnet, "dev", tun, "table", table)
+        sh(h, "ip", "rule", "add", "fwmark", mark, "table", table, "priority", table)
+        done = testhosts.run_in_host(h, ["nft", "-f", "-"], input=steer)
+        assert done.returncode == 0, done.stderr
+        yield
+    finally:
+        testhosts.run_in_host(h, ["nft", "delete", "table", "ip", "nddelay"])
+        testhosts.run_in_host(h, ["ip", "rule", "del", "fwmark", mark, "table", table])
+        forwarder.kill()  # its TUN device, and the table's route through it, go with it
+        forwarder.wait()
+        forwarder.stdout.close()
+        forwarder.stderr.close()
 
 
 def _dist_info(package: str) -> Path:

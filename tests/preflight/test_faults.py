@@ -3,6 +3,7 @@ exactly the check it should, on the host it was injected into, with a remedy."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -15,6 +16,7 @@ from preflight_faults import (
     other_version,
     problems,
     shm_size,
+    userspace_delay,
     without_package,
 )
 
@@ -77,6 +79,15 @@ def test_missing_package(preflight, baseline, bed):
 
 def test_netem_delay_on_one_link(preflight, baseline, bed):
     with netem_delay(host(bed, "h3"), 100):
+        r = only_flip(preflight, baseline, "h3", "latency")
+    assert float(r.measured.split()[1]) >= 100 and "tc qdisc" in r.remedy
+
+
+@pytest.mark.skipif(bool(have_tools("nft", "nsenter")), reason=str(have_tools("nft", "nsenter")))
+@pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="needs /dev/net/tun (the tun module) for the TUN device")
+def test_100ms_delay_on_one_host_through_a_userspace_forwarder(preflight, baseline, bed):
+    """The same fault without netem: a STAND-IN (TUN device + userspace forwarder) delays the host's packets."""
+    with userspace_delay(bed, host(bed, "h3"), 100):
         r = only_flip(preflight, baseline, "h3", "latency")
     assert float(r.measured.split()[1]) >= 100 and "tc qdisc" in r.remedy
 

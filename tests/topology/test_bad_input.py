@@ -149,14 +149,7 @@ def test_errors_do_not_depend_on_the_output_format(tmp_path, flag):
     assert LOCATED.match(result.stderr.strip())
 
 
-def test_the_embedded_engine_takes_no_pipeline_stages(tmp_path):
-    staged = GOOD + "engine:\n  kind: embedded\n  parallel:\n    pp_size: 2\n"
-    rest = expect_error(tmp_path, staged, 15, "2", "pipeline and data parallel need engine.kind: vllm")
-    assert rest.startswith("engine.parallel.pp_size: ")
-
-
-def test_the_embedded_engine_must_divide_the_heads_over_all_devices(tmp_path):
-    three = GOOD.replace("  - name: b\n    address: 10.0.0.2\n    accelerators: {kind: h100-sxm, count: 8}\n", "") \
-        .replace("count: 8}", "count: 6}") + "engine:\n  kind: embedded\n"
-    rest = expect_error(tmp_path, three, 3, 3, "one tensor parallel group over all 6 devices")
-    assert "fix engine.parallel sizes" in rest
+def test_the_embedded_engine_keeps_experts_inside_a_replica(tmp_path):
+    wide = GOOD + "engine:\n  kind: embedded\n  parallel: {tp_size: 8, dp_size: 2, ep_size: 16}\n"
+    rest = expect_error(tmp_path, wide, 14, "8", "ep_size must be 1 or tp_size (8)")
+    assert "needs engine.kind: vllm" in rest

@@ -1,4 +1,4 @@
-"""Tensor / expert parallel plumbing: who holds which slice, and the one collective we use.
+"""Tensor / expert / pipeline parallel plumbing: who holds which slice, and the one collective we use.
 
 All ranks form one group (torch.distributed's default group) of size
 `world_size = max(tp_size, ep_size)`; tp_size and ep_size are each 1 or world_size. With
@@ -34,6 +34,39 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return max(self.tp_size, self.ep_size)
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """The backbone layers [start, end) one pipeline stage holds, of the model's `num_layers`.
+
+    The first stage also holds the embedding, the last the final norm, lm_head and MTP head.
+    Each stage keeps the Mamba state and KV cache of its own layers only.
+    """
+
+    start: int
+    end: int
+    num_layers: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end <= self.num_layers:
+            raise ValueError(f"stage layers [{self.start}, {self.end}) are not within the model's {self.num_layers}")
+
+    @classmethod
+    def whole(cls, num_layers: int) -> "PipelineStage":
+        return cls(0, num_layers, num_layers)
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        return self.end == self.num_layers
+
+    @property
+    def layers(self) -> range:
+        return range(self.start, self.end)
 
 
 def all_reduce(x: torch.Tensor, num_partials: int) -> torch.Tensor:

@@ -11,7 +11,10 @@ from nemodeploy.preflight.context import Context
 from nemodeploy.preflight.result import CheckResult
 
 
-def run_checks(ctx: Context) -> list[CheckResult]:
+def run_checks(ctx: Context, network_only: bool = False) -> list[CheckResult]:
+    """All checks; with `network_only`, those `up` runs first (network.FOR_UP), from a probe that measured only those."""
+    if network_only:
+        return [result for check in network.FOR_UP for result in check(ctx)]
     results = [check(ctx, n) for n in ctx.nodes for check in node.CHECKS]
     for check in [*fleet.CHECKS, *network.CHECKS]:
         results += check(ctx)
