@@ -45,10 +45,11 @@ DEVICE = "cuda"  # --dry-run: "cpu", the kernels under Triton's interpreter
 HIDDEN, LATENT, FFN, EXPERTS, TOP_K, SCALING = 8192, 2048, 5120, 512, 22, 5.0
 HEADS, HEAD_DIM, GROUPS, STATE, CHUNK = 256, 64, 8, 128, 128
 CONV_CHANNELS = HEADS * HEAD_DIM + 2 * GROUPS * STATE  # 18432
+Q_HEADS, KV_HEADS, ATTN_DIM, PAGE, CONTEXT = 64, 2, 128, 16, 1024  # attention at tp 1, 1024-token contexts
 DECODE_TOKENS, PREFILL_TOKENS = (1, 16, 64), 8192
 # --dry-run: the same rows at widths the interpreter gets through in seconds
 TINY = dict(HIDDEN=64, LATENT=32, FFN=64, EXPERTS=8, TOP_K=2, HEADS=4, HEAD_DIM=16, GROUPS=2, STATE=16, CHUNK=16,
-            DECODE_TOKENS=(1, 4), PREFILL_TOKENS=48)
+            DECODE_TOKENS=(1, 4), PREFILL_TOKENS=48, Q_HEADS=4, KV_HEADS=2, ATTN_DIM=16, CONTEXT=64)
 DT_LIMIT = (0.0, float("inf"))
 L2_FLUSH_BYTES = 256 << 20
 
@@ -371,6 +372,30 @@ def _ssm_step(batch):
     )
 
 
+def attention_rows() -> list[Row]:
+    """Paged attention: decode over CONTEXT cached tokens a sequence, and one prefill of a prompt
+    of that length, against the PyTorch reference (a loop over the sequences)."""
+    from nemodeploy.engine.kernels import torch_ops, triton_attention
+
+    rows = []
+    for batch, new in [(b, 1) for b in DECODE_TOKENS] + [(1, CONTEXT)]:
+        pages = CONTEXT // PAGE + 1
+        k_cache, v_cache = _bf16(batch * pages, PAGE, KV_HEADS, ATTN_DIM), _bf16(batch * pages, PAGE, KV_HEADS, ATTN_DIM)
+        tables = torch.randperm(batch * pages, device=DEVICE).to(torch.int32).view(batch, pages)
+        seq_len = CONTEXT if new > 1 else CONTEXT + 1
+        args = (_bf16(batch * new, Q_HEADS, ATTN_DIM), k_cache, v_cache, tables,
+                torch.arange(batch + 1, device=DEVICE, dtype=torch.int32) * new,
+                torch.full((batch,), seq_len, device=DEVICE, dtype=torch.int32), ATTN_DIM**-0.5)
+        rows.append(Row(
+            "paged attention " + ("prefill" if new > 1 else "decode"), f"B={batch} ctx={seq_len}",
+            lambda i, a=args: lambda: triton_attention.paged_attention(*a),
+            bytes=batch * seq_len * KV_HEADS * ATTN_DIM * 2 * 2,
+            flops=batch * 2 * 2 * Q_HEADS * ATTN_DIM * new * (seq_len - (new - 1) / 2),
+            reference=lambda i, a=args: lambda: torch_ops.paged_attention(*a),
+        ))
+    return rows
+
+
 def mamba_rows(vllm) -> list[Row]:
     from nemodeploy.engine.kernels import torch_ops, triton_mamba
 
@@ -609,7 +634,7 @@ def main() -> None:
     if "moe" in args.only or "sweep" in args.only or not args.only:
         experts = Experts()
         rows += moe_rows(experts) + moe_sweep_rows(experts)
-    rows += mamba_rows(vllm)
+    rows += mamba_rows(vllm) + attention_rows()
     header = dict(device=device_name, dry_run=args.dry_run, torch=torch.__version__, vllm=vllm_note,
                   copy_gb_s=copy_gbs, bf16_tflop_s=peak_tflops)
 

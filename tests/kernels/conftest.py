@@ -15,7 +15,7 @@ import torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = HAS_TRITON and not torch.cuda.is_available()
-KERNEL_MODULES = ("triton_moe", "triton_nvfp4", "triton_mamba")
+KERNEL_MODULES = ("triton_moe", "triton_nvfp4", "triton_mamba", "triton_attention")
 
 if INTERPRET:
     _previous = os.environ.get("TRITON_INTERPRET")

@@ -1,9 +1,9 @@
 """Triton implementations that `get_kernels` swaps in on CUDA (NEMODEPLOY_KERNELS=torch keeps the references).
 
-Ops missing here (rms_norm, write_kv, paged_attention) keep their PyTorch reference.
+Ops missing here (rms_norm, write_kv) keep their PyTorch reference.
 """
 
-from nemodeploy.engine.kernels import triton_mamba, triton_moe, triton_nvfp4
+from nemodeploy.engine.kernels import triton_attention, triton_mamba, triton_moe, triton_nvfp4
 
 KERNELS = {
     "gated_rms_norm": triton_mamba.gated_rms_norm,
@@ -15,4 +15,5 @@ KERNELS = {
     "routed_experts": triton_moe.routed_experts,
     "routed_experts_nvfp4": triton_nvfp4.routed_experts_nvfp4,
     "linear_nvfp4": triton_nvfp4.linear_nvfp4,
+    "paged_attention": triton_attention.paged_attention,
 }
