@@ -173,17 +173,12 @@ class DecodeBench:
         return dict(tokens_per_s=batch * steps / seconds, step_ms=seconds / steps * 1e3,
                     experts_touched_measured=sum(touched) / len(touched) if touched else 0.0, **busy)
 
-    def _gpu_time(self, step, repeats: int = 2) -> dict:
-        """GPU kernel time of one step (torch.profiler) and its longest kernels: a step much longer
-        than its kernels is held up by the host."""
-        from torch.profiler import ProfilerActivity, profile
+    def _gpu_time(self, step) -> dict:
+        """GPU kernel time of one step and its longest kernels: a step much longer than its kernels
+        is held up by the host."""
+        from benchmarks.kernels import gpu_kernel_times
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                step()
-            self._sync()
-        kernels = sorted(((e.key, e.device_time_total / repeats / 1e3) for e in prof.key_averages()
-                          if e.device_time_total > 0), key=lambda kv: -kv[1])
+        kernels = [(name, us / 1e3) for name, us in gpu_kernel_times(step, iters=2)]
         return dict(gpu_ms_per_step=sum(ms for _, ms in kernels), top_kernels=kernels[:6])
 
     def _sync(self) -> None:

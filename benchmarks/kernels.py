@@ -514,11 +514,10 @@ def _interpreter_limits(errors: list[str]) -> list[str]:
     return [e for e in errors if DEVICE == "cpu" and "InterpreterError" in e]
 
 
-def kernel_breakdown(make_call: Callable[[int], Callable[[], object]], iters: int = 3) -> list[tuple[str, float]]:
-    """[(GPU kernel, microseconds per call)] of one call, longest first, from torch.profiler."""
+def gpu_kernel_times(call: Callable[[], object], iters: int = 3) -> list[tuple[str, float]]:
+    """[(GPU kernel, microseconds per call)] of `call` after one warm-up call, longest first, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    call = make_call(0)
     call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -526,7 +525,7 @@ def kernel_breakdown(make_call: Callable[[int], Callable[[], object]], iters: in
             call()
         torch.cuda.synchronize()
     times = [(e.key, e.device_time_total / iters) for e in prof.key_averages() if e.device_time_total > 0]
-    return sorted(times, key=lambda kv: -kv[1])[:8]
+    return sorted(times, key=lambda kv: -kv[1])
 
 
 def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
@@ -542,7 +541,7 @@ def measure(row: Row, copy_gbs: float, peak_tflops: float) -> dict:
     if row.breakdown and DEVICE == "cuda":
         for name, call in [("ours", row.ours)] + ([row.baseline] if row.baseline else []):
             try:
-                breakdown[name] = kernel_breakdown(call)
+                breakdown[name] = gpu_kernel_times(call(0))[:8]
             except Exception as exc:  # the profiler is a diagnosis: its failure must not end the table
                 errors.append(f"breakdown of {name} failed: {exc!r}"[:200])
     gbs = row.bytes / ours / 1e3 if ours else None

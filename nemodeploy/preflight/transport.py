@@ -15,6 +15,7 @@ import select
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 from nemodeploy.topology.schema import Node
@@ -24,8 +25,9 @@ class TransportError(Exception):
     """The node could not be reached or the probe could not run; `str()` is one line."""
 
 
-class Session:
-    """A running probe: `request` sends one JSON line and returns the one JSON line it answers."""
+class Session(ABC):
+    """A running probe: `request` sends one JSON line and returns the one JSON line it answers.
+    Subclasses move the bytes: a local process's pipes, or an SSH channel."""
 
     def __init__(self, what: str):
         self.what = what
@@ -49,18 +51,18 @@ class Session:
         except ValueError:
             raise TransportError(f"{self.what} printed no result: {line[-200:]!r}") from None
 
-    def _send(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _send(self, data: bytes) -> None: ...
 
+    @abstractmethod
     def _recv(self, timeout: float) -> bytes | None:
         """Bytes read; None when nothing came within `timeout`; b"" at the end of the output."""
-        raise NotImplementedError
 
-    def _stderr(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _stderr(self) -> str: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
 
 class Transport(Protocol):

@@ -60,8 +60,9 @@ DECODE_CONFIG = GemmConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num
 PREFILL_CONFIG = GemmConfig(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=4)
 
 
-def pick_config(num_tokens: int) -> GemmConfig:
-    return DECODE_CONFIG if num_tokens <= 64 else PREFILL_CONFIG
+def pick_config(num_tokens: int, decode: GemmConfig = DECODE_CONFIG) -> GemmConfig:
+    """`decode` for decode-sized batches (a few rows per expert), PREFILL_CONFIG above."""
+    return decode if num_tokens <= 64 else PREFILL_CONFIG
 
 
 @triton.jit

@@ -11,9 +11,8 @@ import triton
 import triton.language as tl
 
 from nemodeploy.engine.kernels.nvfp4 import BLOCK, NVFP4Weight
-from nemodeploy.engine.kernels.triton_moe import (
-    PREFILL_CONFIG, ExpertGroups, GemmConfig, align_by_expert, dot_args,
-)
+from nemodeploy.engine.kernels import triton_moe
+from nemodeploy.engine.kernels.triton_moe import ExpertGroups, GemmConfig, align_by_expert, dot_args
 
 # Decode streams 4.5-bit weights: wider column tiles than bf16's keep more bytes in flight per
 # program (on an H200 at Ultra's widths, 16x128x128 beat 16x64x128 by 1.5x, 2026-11-30).
@@ -21,7 +20,7 @@ DECODE_CONFIG = GemmConfig(block_m=16, block_n=128, block_k=128, num_warps=4, nu
 
 
 def pick_config(num_tokens: int) -> GemmConfig:
-    return DECODE_CONFIG if num_tokens <= 64 else PREFILL_CONFIG
+    return triton_moe.pick_config(num_tokens, DECODE_CONFIG)
 
 
 @triton.jit
