@@ -1,13 +1,23 @@
 """Preflight of 16 test hosts against preflight of one: does the run scale with the slowest node, not the sum?
 
-Makes one bed of 16 hosts (network namespaces with sshd; needs root), then alternates runs of
+Makes a bed of 16 hosts (network namespaces with sshd; needs root), then alternates runs of
 `run_preflight` over the first host alone and over all 16 (same code path as `nemodeploy
 preflight`), and prints the median wall time of each and their ratio as JSON. The baseline (1 host)
-runs in the same process on the same machine, so the ratio, not the seconds, is the result.
+runs in the same process on the same bed, so the ratio, not the seconds, is the result.
 
-    python benchmarks/preflight_scale.py [--hosts 16] [--repeats 3] [--bandwidth-seconds 0.5] [--bed ndq] [--subnet 10.213.51.0/24]
+    python benchmarks/preflight_scale.py [--hosts 16] [--repeats 3] [--bandwidth-seconds 0.5] [--machines shared,separate]
 
-All 16 hosts share this machine's cores, so the work each node does (its sshd session, its login
+It measures two beds, one after the other:
+
+- `shared`: the hosts as they come, sharing this machine's cores and root's home;
+- `separate`: each host made more like a machine of its own: its own CPU share (a cgroup allowing
+  cores / (2 x hosts) cores, so all hosts together use at most half the machine and the controller
+  and the kernel's networking have the rest) and its own copy-on-write home. A node then has the
+  same CPU whether 1 or 16 run, as on 16 identical machines, and no login shell of one host waits
+  on another's lock file in the shared home (root's `.bashrc` here runs `pyenv rehash`, which
+  takes a lock in ~/.pyenv). The ratio of this bed is preflight's own scaling.
+
+In the shared bed all 16 hosts share this machine's cores, so the work each node does (its sshd session, its login
 shell, its Python probe) cannot overlap here the way it does on 16 real machines. Each run's
 `work_cpu_s` is how much CPU time it cost: the controller (this process) plus everything that ran
 in the hosts (each host's sshd and PID 1, which reap its sessions' processes, and with them the login
@@ -30,6 +40,7 @@ import time
 from pathlib import Path
 
 from nemodeploy.cluster import testhosts
+from nemodeploy.cluster.errors import ClusterError
 from nemodeploy.preflight.runner import Options, run_preflight
 from nemodeploy.topology.loader import loads
 
@@ -65,6 +76,47 @@ def work_cpu_s(accounting_pids: list[int]) -> float:
     return total
 
 
+def measure(bed, repeats: int, bandwidth_seconds: float) -> dict:
+    """Alternate preflight of the first host alone and of every host; medians, ratio and CPU accounting."""
+    count = len(bed.hosts)
+    everyone = loads(bed.topology_yaml("scale"))
+    alone = everyone.model_copy(update={"nodes": everyone.nodes[:1]})
+    options = Options(python=sys.executable, known_hosts=bed.known_hosts_path, bandwidth_seconds=bandwidth_seconds)
+    keys = ("1", str(count))
+    seconds: dict[str, list[float]] = {k: [] for k in keys}
+    cpu: dict[str, list[float]] = {k: [] for k in keys}
+    work: dict[str, list[float]] = {k: [] for k in keys}
+    accounting = _accounting_pids(bed)
+    overlap: list[float] = []
+    failures = 0
+    for _ in range(repeats):
+        for key, topology in zip(keys, (alone, everyone)):
+            spans: dict[str, list[float]] = {}
+            start, cpu_start, work_start = time.monotonic(), busy_cpu_s(), work_cpu_s(accounting)
+            report = run_preflight(topology, None, options,  # no plan: the checks against it are skipped
+                                   progress=lambda node, what: spans.setdefault(node, []).append(time.monotonic()))
+            wall = time.monotonic() - start
+            seconds[key].append(wall)
+            cpu[key].append(busy_cpu_s() - cpu_start)
+            time.sleep(0.5)  # the hosts' sshd reap the sessions that just closed
+            work[key].append(work_cpu_s(accounting) - work_start)
+            if key != "1":  # how many nodes were in flight at once, on average: the sum of their spans over the wall time
+                overlap.append(sum(max(t) - min(t) for t in spans.values()) / wall)
+            failures += sum(r.name == "reach" for r in report.results)
+    one, many = statistics.median(seconds["1"]), statistics.median(seconds[str(count)])
+    return {
+        "median_s_1_host": round(one, 2),
+        f"median_s_{count}_hosts": round(many, 2),
+        "ratio": round(many / one, 2),
+        "runs_s": {k: [round(s, 2) for s in v] for k, v in seconds.items()},
+        "work_cpu_s": {k: round(statistics.median(v), 2) for k, v in work.items()},
+        f"floor_s_{count}_hosts_on_this_machine": round(statistics.median(work[str(count)]) / os.cpu_count(), 2),
+        "machine_busy_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+        "nodes_in_flight_at_once": round(statistics.median(overlap), 1),
+        "unreachable_node_results": failures,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=16)
@@ -72,51 +124,25 @@ def main() -> None:
     parser.add_argument("--bed", default="ndq")
     parser.add_argument("--subnet", default="10.213.51.0/24")
     parser.add_argument("--bandwidth-seconds", type=float, default=0.5, help="each node's TCP sample (as --bandwidth-seconds)")
+    parser.add_argument("--machines", default="shared,separate", help="which beds, comma-separated: shared, separate")
     args = parser.parse_args()
+    machines = args.machines.split(",")
+    if not set(machines) <= {"shared", "separate"}:
+        sys.exit(f"preflight_scale: --machines takes shared and/or separate, not {args.machines!r}")
     reason = testhosts.unavailable_reason()
     if reason:
         sys.exit(f"preflight_scale: {reason}")
-    with testhosts.test_hosts(args.hosts, name=args.bed, subnet=args.subnet) as bed:
-        everyone = loads(bed.topology_yaml("scale"))
-        alone = everyone.model_copy(update={"nodes": everyone.nodes[:1]})
-        options = Options(python=sys.executable, known_hosts=bed.known_hosts_path, bandwidth_seconds=args.bandwidth_seconds)
-        seconds: dict[str, list[float]] = {"1": [], str(args.hosts): []}
-        cpu: dict[str, list[float]] = {"1": [], str(args.hosts): []}
-        work: dict[str, list[float]] = {"1": [], str(args.hosts): []}
-        accounting = _accounting_pids(bed)
-        overlap: list[float] = []
-        failures = 0
-        for _ in range(args.repeats):
-            for key, topology in (("1", alone), (str(args.hosts), everyone)):
-                spans: dict[str, list[float]] = {}
-                start, cpu_start, work_start = time.monotonic(), busy_cpu_s(), work_cpu_s(accounting)
-                report = run_preflight(topology, None, options,  # no plan: the checks against it are skipped
-                                       progress=lambda node, what: spans.setdefault(node, []).append(time.monotonic()))
-                wall = time.monotonic() - start
-                seconds[key].append(wall)
-                cpu[key].append(busy_cpu_s() - cpu_start)
-                time.sleep(0.5)  # the hosts' sshd reap the sessions that just closed
-                work[key].append(work_cpu_s(accounting) - work_start)
-                if key != "1":  # how many nodes were in flight at once, on average: the sum of their spans over the wall time
-                    overlap.append(sum(max(t) - min(t) for t in spans.values()) / wall)
-                failures += sum(r.name == "reach" for r in report.results)
-    one, many = statistics.median(seconds["1"]), statistics.median(seconds[str(args.hosts)])
-    print(json.dumps({
-        "hosts": args.hosts,
-        "repeats": args.repeats,
-        "median_s_1_host": round(one, 2),
-        f"median_s_{args.hosts}_hosts": round(many, 2),
-        "ratio": round(many / one, 2),
-        "runs_s": {k: [round(s, 2) for s in v] for k, v in seconds.items()},
-        "work_cpu_s": {k: round(statistics.median(v), 2) for k, v in work.items()},
-        f"floor_s_{args.hosts}_hosts_on_this_machine": round(statistics.median(work[str(args.hosts)]) / os.cpu_count(), 2),
-        "machine_busy_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
-        "nodes_in_flight_at_once": round(statistics.median(overlap), 1),
-        "bandwidth_seconds": args.bandwidth_seconds,
-        "unreachable_node_results": failures,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }, indent=2))
+    out = {"hosts": args.hosts, "repeats": args.repeats, "bandwidth_seconds": args.bandwidth_seconds}
+    for machine in machines:
+        bed_options = {"cpu_per_host": os.cpu_count() / (2 * args.hosts), "private_home": True} if machine == "separate" else {}
+        try:
+            with testhosts.test_hosts(args.hosts, name=args.bed, subnet=args.subnet, **bed_options) as bed:
+                out[machine] = {**bed_options, **measure(bed, args.repeats, args.bandwidth_seconds)}
+        except ClusterError as err:
+            sys.exit(f"preflight_scale: {machine} bed: {err}")
+    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -184,12 +184,16 @@ def testhosts() -> None:
 @click.option("--mtu", type=click.IntRange(576, 9216), default=1500, show_default=True, help="MTU of every link (both ends).")
 @click.option("--subnet", default="10.213.1.0/24", show_default=True, help="Private subnet for the hosts and the bridge.")
 @click.option("--name", default="ndh", show_default=True, help="Name of this set of hosts (prefix of its links and namespaces).")
-def testhosts_up(count: int, mtu: int, subnet: str, name: str) -> None:
+@click.option("--cpu-per-host", type=click.FloatRange(0.05, min_open=False), default=None,
+              help="Cores each host may use (a cgroup per host); default: no limit.")
+@click.option("--private-home", is_flag=True, help="Give each host a copy-on-write view of root's home.")
+def testhosts_up(count: int, mtu: int, subnet: str, name: str, cpu_per_host: float | None, private_home: bool) -> None:
     """Create COUNT hosts h1..hCOUNT and print a topology for them; they stay until `testhosts down`."""
     reason = hosts.unavailable_reason()
     if reason:
         fail(f"nemodeploy: {reason}", EXIT_BAD_INPUT)
-    bed = _or_exit(lambda: hosts.create(count, mtu=mtu, subnet=subnet, name=name))
+    bed = _or_exit(lambda: hosts.create(count, mtu=mtu, subnet=subnet, name=name,
+                                        cpu_per_host=cpu_per_host, private_home=private_home))
     topology = Path(bed.workdir) / "topology.yaml"
     topology.write_text(bed.topology_yaml())
     click.echo(bed.topology_yaml(), nl=False)

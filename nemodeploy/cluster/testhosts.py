@@ -9,6 +9,12 @@ environment and this source tree stay visible when they live under /tmp. The ini
 host is started with `--kill-child`: killing the recorded `unshare` process
 kills the host's PID 1 and, with it, everything that runs in the host.
 
+Two options make the hosts more like separate machines, for measuring how something scales
+with the number of nodes: `cpu_per_host` puts each host in its own cgroup with that many cores
+(the same CPU for a node whether 1 or 16 hosts run), and `private_home` gives each host a
+copy-on-write view of root's home (what a login shell writes there, a `pyenv rehash` lock file,
+stays on its host, as it would on separate machines).
+
 Needs root (network-admin and mount rights), iproute2, util-linux and Debian's
 openssh-server (sshd, ssh-keygen).
 """
@@ -19,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -36,6 +43,7 @@ from nemodeploy.paths import cache_dir
 SSHD = "/usr/sbin/sshd"
 DEFAULT_SUBNET = "10.213.0.0/24"
 DEFAULT_BED = "ndt"
+CPU_PERIOD_US = 20_000  # a short period: a host over its share waits at most this long to run again
 
 
 @dataclass
@@ -70,6 +78,8 @@ class TestBed:
     key_path: str
     known_hosts_path: str
     hosts: list[TestHost] = field(default_factory=list)
+    cpu_cgroup: str = ""  # the folder of the hosts' cgroups (one per host) when they have a CPU share
+    private_home: bool = False
 
     @property
     def known_hosts(self) -> str:
@@ -170,8 +180,8 @@ def machine_paths_in_tmp() -> list[str]:
     return sorted(p for p in needed if p.startswith("/tmp/"))
 
 
-def _init_script(host: TestHost, hostdir: Path) -> str:
-    """The host's PID 1: private /run, /tmp, /dev/shm, hostname, sshd; then it reaps orphans forever.
+def _init_script(bed: TestBed, host: TestHost, hostdir: Path) -> str:
+    """The host's PID 1: private /run, /tmp, /dev/shm, home, hostname, sshd; then it reaps orphans forever.
 
     The machine's /tmp is kept at /run/machine-tmp so the Python environment and the source
     tree can be bound back into the private /tmp when they live there.
@@ -180,6 +190,10 @@ def _init_script(host: TestHost, hostdir: Path) -> str:
         f"mkdir -p {shlex.quote(p)} && mount --bind {shlex.quote('/run/machine-tmp' + p[len('/tmp'):])} {shlex.quote(p)} && "
         for p in machine_paths_in_tmp()
     )
+    home = pwd.getpwuid(0).pw_dir  # the hosts' login user is root
+    overlay = f"lowerdir={home},upperdir={hostdir}/home/upper,workdir={hostdir}/home/work"
+    private_home = (f"mkdir -p {shlex.quote(str(hostdir))}/home/upper {shlex.quote(str(hostdir))}/home/work && "
+                    f"mount -t overlay overlay -o {shlex.quote(overlay)} {shlex.quote(home)} && ") if bed.private_home else ""
     return (
         f"hostname {host.name} && "
         "mount -t tmpfs -o size=64m,mode=755 tmpfs /run && mkdir -p /run/sshd /run/machine-tmp && "
@@ -187,6 +201,7 @@ def _init_script(host: TestHost, hostdir: Path) -> str:
         "mount -t tmpfs -o size=2g,mode=1777 tmpfs /tmp && "
         f"{rebinds}"
         "mount -t tmpfs -o size=1g,mode=1777 tmpfs /dev/shm && "
+        f"{private_home}"
         f"{SSHD} -f {hostdir}/sshd_config -E {hostdir}/sshd.log && "
         f"exec {sys.executable} -c {shlex.quote(_REAPER)}"
     )
@@ -316,7 +331,7 @@ def _add_host(bed: TestBed, index: int, name: str, mtu: int) -> TestHost:
     with open(hostdir / "init.log", "ab") as log:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "--uts", "--propagation", "private", "sh", "-c", _init_script(host, hostdir)],
+             "--uts", "--propagation", "private", "sh", "-c", _init_script(bed, host, hostdir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -333,8 +348,11 @@ def create(
     subnet: str = DEFAULT_SUBNET,
     name: str = DEFAULT_BED,
     workdir: str | os.PathLike | None = None,
+    cpu_per_host: float | None = None,
+    private_home: bool = False,
 ) -> TestBed:
-    """Create `count` hosts h1..hN. `mtu` is one value for every link or one per host (both veth ends)."""
+    """Create `count` hosts h1..hN. `mtu` is one value for every link or one per host (both veth ends);
+    `cpu_per_host` caps each host at that many cores; `private_home`: see the module's docstring."""
     mtus = [mtu] * count if isinstance(mtu, int) else list(mtu)
     if len(mtus) != count:
         raise ClusterError(f"test hosts: {count} hosts but {len(mtus)} MTUs")
@@ -357,9 +375,13 @@ def create(
         workdir=str(root),
         key_path=str(root / "id_ed25519"),
         known_hosts_path=str(root / "known_hosts"),
+        private_home=private_home,
     )
     _save(bed)  # first, so that `down` can clean up a half-made bed
     try:
+        if cpu_per_host is not None:
+            bed.cpu_cgroup = str(_cpu_cgroups(bed, [f"h{i}" for i in range(1, count + 1)], cpu_per_host))
+            _save(bed)
         user_pub = _keygen(root / "id_ed25519", "nemodeploy-testhosts")
         (root / "authorized_keys").write_text(user_pub + "\n")
         _ip("link", "add", bridge, "mtu", str(max(mtus)), "type", "bridge")
@@ -370,11 +392,80 @@ def create(
             _save(bed)
         for host in bed.hosts:
             _wait_listening(host)
+            if bed.cpu_cgroup:
+                _join_cgroup(host, Path(bed.cpu_cgroup) / host.name)
         Path(bed.known_hosts_path).write_text(bed.known_hosts)
     except BaseException:
         destroy(bed)
         raise
     return bed
+
+
+def _cpu_controller() -> tuple[Path, int] | None:
+    """(mount point, version) of the machine's cgroup hierarchy with the cpu controller, or None."""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            where, kind, options = line.split()[1:4]
+            if kind == "cgroup" and "cpu" in options.split(","):
+                return Path(where), 1
+            if kind == "cgroup2":
+                with contextlib.suppress(OSError):
+                    if "cpu" in (Path(where) / "cgroup.controllers").read_text().split():
+                        return Path(where), 2
+    return None
+
+
+def _cpu_cgroups(bed: TestBed, names: list[str], cores: float) -> Path:
+    """A cgroup per host under one folder for the bed, each allowed `cores` cores (CFS bandwidth)."""
+    quota = round(cores * CPU_PERIOD_US)
+    if quota < 1000:  # the kernel's least quota is 1 ms
+        raise ClusterError(f"test hosts: a CPU share under {1000 / CPU_PERIOD_US} of a core cannot be set")
+    controller = _cpu_controller()
+    if controller is None:
+        raise ClusterError("test hosts: no cgroup hierarchy with the cpu controller is mounted; cannot share out the CPU")
+    root, version = controller
+    folder = root / f"nemodeploy-testhosts-{bed.name}"
+    try:
+        if version == 2:
+            (root / "cgroup.subtree_control").write_text("+cpu")
+        folder.mkdir(exist_ok=True)
+        if version == 2:
+            (folder / "cgroup.subtree_control").write_text("+cpu")
+        for name in names:
+            (folder / name).mkdir(exist_ok=True)
+            if version == 1:
+                (folder / name / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                (folder / name / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (folder / name / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+    except OSError as err:
+        raise ClusterError(f"test hosts: cannot set a CPU share in {folder}: {err.strerror or err}") from None
+    return folder
+
+
+def _join_cgroup(host: TestHost, cgroup: Path) -> None:
+    """Move every process of the host (its PID namespace) into its cgroup; what they start stays there.
+    Done from outside: `ip netns exec` mounts a sysfs of its own, which hides the cgroup mounts inside."""
+    namespace = os.readlink(f"/proc/{host.init_pid}/ns/pid")
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # gone meanwhile, or not a process
+            if entry.name.isdigit() and os.readlink(entry / "ns/pid") == namespace:
+                (cgroup / "cgroup.procs").write_text(entry.name)
+
+
+def _remove_cgroups(folder: str) -> None:
+    """Remove the hosts' cgroups once their processes are gone (the kernel frees them a moment later)."""
+    path = Path(folder)
+    for cgroup in [*(p for p in path.glob("*") if p.is_dir()), path] if path.is_dir() else []:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
 
 
 def _kill_host(host: TestHost) -> None:
@@ -421,6 +512,8 @@ def destroy(bed: TestBed) -> None:
         if ns.startswith(f"{bed.name}-h"):
             _ip("netns", "del", ns, check=False)
     _ip("link", "del", bed.bridge, check=False)
+    if bed.cpu_cgroup:
+        _remove_cgroups(bed.cpu_cgroup)
     # `ip netns add` bind-mounts /run/netns on itself (os.path.ismount cannot see a same-device bind).
     while not _ip("netns", "list", check=False).stdout.strip() and _is_mounted("/run/netns"):
         if subprocess.run(["umount", "/run/netns"], capture_output=True).returncode != 0:

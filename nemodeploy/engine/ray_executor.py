@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -275,12 +276,26 @@ class RayExecutor(Executor):
         """Raise EngineWorkerError unless every rank answers within `timeout` (also mid-step: see `_worker`)."""
         self._gather([w.node_ip.remote() for w in self.workers], timeout=timeout)
 
-    def shutdown(self) -> None:
-        """Kill every rank and free their bundles; safe to call twice and after a failure."""
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Kill every rank and free their bundles; safe to call twice and after a failure.
+
+        `ray.kill` only asks: a rank may still answer for a moment after it. Each rank is called
+        until the call fails (at most `timeout_s` in all), so that when this returns the ranks are
+        gone and their memory and ports free for whatever starts next.
+        """
         from ray.util.placement_group import remove_placement_group
 
-        for worker in getattr(self, "workers", []):
+        workers = getattr(self, "workers", [])
+        for worker in workers:
             ray.kill(worker, no_restart=True)
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(worker.node_ip.remote(), timeout=max(deadline - time.monotonic(), 0.01))
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    break
+                time.sleep(0.05)
         self.workers = []
         if getattr(self, "group", None) is not None:
             remove_placement_group(self.group)
