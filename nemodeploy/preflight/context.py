@@ -49,8 +49,9 @@ class Context:
         return self.topology.nodes[0]
 
     def packages(self) -> list[str]:
-        """Python distributions every node needs for this topology's engine."""
-        engine = ["vllm"] if self.topology.engine.kind == "vllm" else ["torch", "transformers", "safetensors"]
+        """Python distributions every node needs for this topology's engine (torch too under vLLM: its wheels
+        are built against one torch, and ranks on two torch builds fail in NCCL or at import)."""
+        engine = ["vllm", "torch"] if self.topology.engine.kind == "vllm" else ["torch", "transformers", "safetensors"]
         return ["nemodeploy", "ray", *engine] if len(self.topology.nodes) > 1 else ["nemodeploy", *engine]
 
     def checkpoint_dir(self) -> str:
