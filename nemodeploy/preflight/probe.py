@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>; the socket module lacks them on some builds
 UDP_IP_HEADERS = 28  # IPv4 20 + UDP 8: a datagram of MTU - 28 bytes fills one MTU-sized packet
+VENDOR_TOOLS = ("nvidia_smi", "nvidia_topo", "rocm_smi", "amd_smi_ecc", "amd_smi_bad_pages", "amd_smi_topology")
 
 
 def _run(argv, timeout=10.0):
@@ -215,6 +216,11 @@ def _node_facts(args, pool):
         "nvidia_smi": pool.submit(_run, ["nvidia-smi", "-q", "-x"], 30),
         "nvidia_topo": pool.submit(_run, ["nvidia-smi", "topo", "-m"], 30),
         "rocm_smi": pool.submit(_run, ["rocm-smi", "--showallinfo", "--json"], 30),
+        # AMD RAS: uncorrectable error counts, bad pages pending retirement, xGMI link types (rocm-smi's
+        # JSON has no RAS counters: its --showrasinfo prints no JSON)
+        "amd_smi_ecc": pool.submit(_run, ["amd-smi", "metric", "--ecc", "--json"], 30),
+        "amd_smi_bad_pages": pool.submit(_run, ["amd-smi", "bad-pages", "--json"], 30),
+        "amd_smi_topology": pool.submit(_run, ["amd-smi", "topology"], 30),
     }
     disk_path = _existing_parent(checkpoint)
     disk = shutil.disk_usage(disk_path)
@@ -232,12 +238,12 @@ def _node_facts(args, pool):
         "disk": {"path": disk_path, "free": disk.free, "total": disk.total},
         "nccl": slow["nccl"].result(),
         "read_sample": slow["read_sample"].result(),
-        "tools": {name: slow[name].result() for name in ("nvidia_smi", "nvidia_topo", "rocm_smi")},
+        "tools": {name: slow[name].result() for name in VENDOR_TOOLS},
     }
 
 
 def facts(args):
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=3 + len(VENDOR_TOOLS)) as pool:  # network, NCCL hashes, read sample, each tool
         network = pool.submit(_network_facts, args)
         out = {} if args.get("network_only") else _node_facts(args, pool)
         out.update(network.result())

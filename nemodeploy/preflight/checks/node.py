@@ -79,31 +79,61 @@ def persistence(ctx: Context, node: Node) -> CheckResult:
                  "warning", "sudo nvidia-smi -pm 1 (or enable nvidia-persistenced)")
 
 
+ECC_REMEDY = {
+    "nvidia": "drain the node and reset the GPU (nvidia-smi -r -i <gpu>); replace it if errors return",
+    "amd": "drain the node; amd-smi bad-pages and amd-smi metric --ecc --ecc-blocks name the pages and blocks; "
+           "reboot it (the driver retires pending pages when it loads); RMA a GPU whose uncorrectable errors return",
+}
+
+
 def ecc(ctx: Context, node: Node) -> CheckResult:
+    """Uncorrectable memory errors and pages (rows) waiting to be retired: nvidia-smi -q, or amd-smi on AMD."""
     found = _devices(ctx, node) if ACCELERATORS[node.accelerators.kind].arch != "cpu" else None
-    if found is None or found.vendor != "nvidia":
-        return skipped(node.name, "ecc", "no NVIDIA GPU (ECC read through nvidia-smi)", "error")
-    bad = [d.index for d in found.devices if (d.ecc_uncorrectable or 0) > 0 or d.retirement_pending]
-    disabled = [d.index for d in found.devices if d.ecc_enabled is False]
-    measured = ", ".join(filter(None, [f"uncorrectable errors or pending retirement on GPU {bad}" if bad else "",
-                                       f"ECC off on GPU {disabled}" if disabled else ""])) or "ECC on, no uncorrectable errors"
-    return judge(node.name, "ecc", not bad and not disabled, measured, "ECC on, 0 uncorrectable, nothing pending", "error",
-                 "drain the node and reset the GPU (nvidia-smi -r -i <gpu>); replace it if errors return")
+    if found is None:
+        return skipped(node.name, "ecc", "no accelerator tool output to read ECC from", "error")
+    devices = found.devices
+    if found.vendor == "amd" and all(d.ecc_uncorrectable is None and d.retirement_pending is None for d in devices):
+        return skipped(node.name, "ecc", "amd-smi is missing or failed: RAS errors and bad pages unread "
+                       "(rocm-smi's JSON carries neither)", "error")
+    errors = [d.index for d in devices if (d.ecc_uncorrectable or 0) > 0]
+    pending = [d.index for d in devices if d.retirement_pending]
+    disabled = [d.index for d in devices if d.ecc_enabled is False]
+    measured = ", ".join(filter(None, [
+        f"uncorrectable errors on GPU {errors}" if errors else "",
+        f"{'bad pages' if found.vendor == 'amd' else 'retirement'} pending on GPU {pending}" if pending else "",
+        f"ECC off on GPU {disabled}" if disabled else "",
+    ])) or "0 uncorrectable, nothing pending"
+    expected = "0 uncorrectable, nothing pending" if found.vendor == "amd" else "ECC on, 0 uncorrectable, nothing pending"
+    return judge(node.name, "ecc", not (errors or pending or disabled), measured, expected, "error", ECC_REMEDY[found.vendor])
+
+
+# The catalog's intra-node link -> the link kind the vendor tool prints for a pair joined by it, and what to
+# run when a pair is not. One check covers both fabrics (named `nvlink`, as it first was).
+FABRICS = {
+    "nvlink": ("NV", "NV# (NVLink)", "nvidia-smi nvlink -s; check the fabric manager (systemctl status nvidia-fabricmanager)"),
+    "infinity-fabric": ("XGMI", "XGMI", "amd-smi xgmi --metric (per-link status); dmesg | grep -i hive (every GPU "
+                        "joins one xGMI hive at driver load); reboot, and RMA a GPU whose links stay down"),
+}
 
 
 def nvlink(ctx: Context, node: Node) -> CheckResult:
+    """Every GPU pair joined by the node's GPU fabric (NVLink, or AMD's xGMI / Infinity Fabric)."""
     want = ACCELERATORS[node.accelerators.kind]
-    if not want.intra_node_link.startswith("nvlink") or node.accelerators.count < 2:
-        return skipped(node.name, "nvlink", "no NVLink between accelerators in this topology")
-    topo = ctx.facts[node.name]["tools"].get("nvidia_topo")
-    if not topo:
-        return judge(node.name, "nvlink", False, "nvidia-smi topo -m gave nothing", "NV# between every GPU pair",
-                     "warning", "check the driver: nvidia-smi topo -m")
-    links = hardware.nvidia_links(topo)
-    slow = sorted({f"{a}-{b}:{kind}" for (a, b), kind in links.items() if not kind.startswith("NV") and a < b})
-    return judge(node.name, "nvlink", bool(links) and not slow, ", ".join(slow[:4]) or f"NVLink on {len(links) // 2} pairs",
-                 "NV# between every GPU pair", "warning",
-                 "nvidia-smi nvlink -s; check the fabric manager (systemctl status nvidia-fabricmanager)")
+    fabric = next((f for prefix, f in FABRICS.items() if want.intra_node_link.startswith(prefix)), None)
+    if fabric is None or node.accelerators.count < 2:
+        return skipped(node.name, "nvlink", "no NVLink or xGMI between accelerators in this topology")
+    kind_prefix, kind_name, remedy = fabric
+    expected = f"{kind_name} between every GPU pair"
+    found = _devices(ctx, node)
+    if found is None or not found.links:
+        tool = "nvidia-smi topo -m" if want.vendor == "nvidia" else "amd-smi topology (or rocm-smi --showallinfo --json)"
+        return judge(node.name, "nvlink", False, f"{tool} gave no link types", expected, "warning", remedy)
+    pairs = found.pairs()
+    slow = [f"GPU{a}-GPU{b}:{'/'.join(kinds)}" for (a, b), kinds in pairs.items()
+            if not all(kind.startswith(kind_prefix) for kind in kinds)]
+    more = f" (+{len(slow) - 4} more)" if len(slow) > 4 else ""
+    return judge(node.name, "nvlink", not slow, ", ".join(slow[:4]) + more or f"{kind_name} on all {len(pairs)} pairs",
+                 expected, "warning", remedy)
 
 
 def memory(ctx: Context, node: Node) -> CheckResult:
