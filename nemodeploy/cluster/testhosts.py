@@ -425,19 +425,17 @@ def _cpu_cgroups(bed: TestBed, names: list[str], cores: float) -> Path:
         raise ClusterError("test hosts: no cgroup hierarchy with the cpu controller is mounted; cannot share out the CPU")
     root, version = controller
     folder = root / f"nemodeploy-testhosts-{bed.name}"
+    limits = ({"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)} if version == 1
+              else {"cpu.max": f"{quota} {CPU_PERIOD_US}"})
     try:
-        if version == 2:
-            (root / "cgroup.subtree_control").write_text("+cpu")
         folder.mkdir(exist_ok=True)
-        if version == 2:
-            (folder / "cgroup.subtree_control").write_text("+cpu")
+        if version == 2:  # each level enables the cpu controller for the level below it
+            for parent in (root, folder):
+                (parent / "cgroup.subtree_control").write_text("+cpu")
         for name in names:
             (folder / name).mkdir(exist_ok=True)
-            if version == 1:
-                (folder / name / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-                (folder / name / "cpu.cfs_quota_us").write_text(str(quota))
-            else:
-                (folder / name / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            for limit, value in limits.items():
+                (folder / name / limit).write_text(value)
     except OSError as err:
         raise ClusterError(f"test hosts: cannot set a CPU share in {folder}: {err.strerror or err}") from None
     return folder
@@ -456,7 +454,9 @@ def _join_cgroup(host: TestHost, cgroup: Path) -> None:
 def _remove_cgroups(folder: str) -> None:
     """Remove the hosts' cgroups once their processes are gone (the kernel frees them a moment later)."""
     path = Path(folder)
-    for cgroup in [*(p for p in path.glob("*") if p.is_dir()), path] if path.is_dir() else []:
+    if not path.is_dir():
+        return
+    for cgroup in [*(p for p in path.iterdir() if p.is_dir()), path]:
         deadline = time.monotonic() + 5
         while True:
             try:

@@ -160,7 +160,8 @@ def amd_smi_links(topology_text: str) -> dict[tuple[int, int], str]:
 
 def rocm_smi_links(json_text: str) -> dict[tuple[int, int], str]:
     """`rocm-smi --showallinfo --json` carries the link types too, one "system" key per pair, i < j only
-    (XGMI, PCIE, or XXXX when unreadable: rocm_smi.py's showTypeTopology and formatMatrixToJSON)."""
+    (XGMI, PCIE, or the literal "XXXX" rocm-smi prints when it cannot read one: rocm_smi.py's
+    showTypeTopology and formatMatrixToJSON)."""
     system = json.loads(json_text).get("system", {})
     out = {}
     for key, kind in system.items():
@@ -199,8 +200,10 @@ def amd_smi_pending_pages(json_text: str | None) -> dict[int, bool | None]:
     out = {}
     for gpu in _amd_smi_gpus(json_text):
         pending = gpu.get("pending")
-        out[gpu["gpu"]] = bool(pending) if isinstance(pending, (dict, list)) else (
-            False if pending == NO_BAD_PAGES else None)
+        if isinstance(pending, (dict, list)):
+            out[gpu["gpu"]] = bool(pending)
+        else:
+            out[gpu["gpu"]] = False if pending == NO_BAD_PAGES else None
     return out
 
 
